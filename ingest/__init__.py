@@ -1,0 +1,1 @@
+"""Ingestion: discover -> load -> split -> write, as async stages joined by bounded queues."""

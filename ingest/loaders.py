@@ -1,0 +1,217 @@
+"""Turn a file into text parts (a PDF page, a block of a large text file).
+
+Every function here blocks (file I/O, PDF parsing): the pipeline calls them
+through ``asyncio.to_thread``. LangChain's community loaders would do the same
+job but pull in langchain-community's large dependency tree, and we need control
+they don't give: encoding detection with a clear message, streaming of huge text
+files, and headings kept as Markdown so the splitter can record sections.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STREAM_THRESHOLD = 4 * 1024 * 1024  # text files above this are read block by block
+BLOCK_SIZE = 1024 * 1024
+SAMPLE_SIZE = 64 * 1024
+
+logging.getLogger("pypdf").setLevel(logging.ERROR)
+
+
+class LoadError(Exception):
+    """A file that cannot be ingested; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of a document's text; ``page`` is 1-based for PDFs."""
+
+    text: str
+    page: int | None = None
+
+
+@dataclass
+class LoadedFile:
+    """A loaded document. ``parts`` is a factory so huge files can be read twice lazily."""
+
+    title: str
+    markdown: bool
+    parts: Callable[[], Iterator[Part]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _detect_encoding(sample: bytes, path: Path) -> tuple[str, str | None]:
+    """(codec, note): UTF-8 when it decodes, else the best guess of charset-normalizer."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig", None
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16", None
+    if b"\x00" in sample:
+        raise LoadError("binary content (NUL bytes) in a text file")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8", None
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(sample).best()
+    if best is None or best.encoding is None:
+        raise LoadError("not valid UTF-8 and no other text encoding fits")
+    return best.encoding, f"not valid UTF-8; decoded as {best.encoding}"
+
+
+def _read_text_blocks(path: Path, encoding: str) -> Iterator[Part]:
+    """Decode a big file block by block, cutting at line ends so no word is split."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    pending = ""
+    with path.open("rb") as handle:
+        offset = 0
+        for block in iter(lambda: handle.read(BLOCK_SIZE), b""):
+            try:
+                pending += decoder.decode(block)
+            except UnicodeDecodeError as error:
+                raise LoadError(f"invalid {encoding} near byte {offset + error.start}") from None
+            offset += len(block)
+            cut = pending.rfind("\n")
+            if cut > 0:
+                yield Part(pending[: cut + 1])
+                pending = pending[cut + 1 :]
+        pending += decoder.decode(b"", final=True)
+    if pending:
+        yield Part(pending)
+
+
+def load_text(path: Path, markdown: bool) -> LoadedFile:
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        sample = handle.read(SAMPLE_SIZE)
+    encoding, note = _detect_encoding(sample, path)
+    notes = [note] if note else []
+    if size > STREAM_THRESHOLD:
+        title = _markdown_title(sample.decode(encoding, errors="ignore")) if markdown else None
+        return LoadedFile(
+            title or path.stem, markdown, lambda: _read_text_blocks(path, encoding), notes
+        )
+    try:
+        text = path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as error:
+        raise LoadError(f"invalid {encoding} at byte {error.start}") from None
+    title = _markdown_title(text) if markdown else None
+    return LoadedFile(title or path.stem, markdown, lambda: iter([Part(text)]), notes)
+
+
+def _markdown_title(text: str) -> str | None:
+    match = re.search(r"^#\s+(.+?)\s*#*\s*$", text, flags=re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def load_pdf(path: Path) -> LoadedFile:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted:
+            raise LoadError("encrypted PDF (remove the password first)")
+        pages = [Part(page.extract_text() or "", page=i) for i, page in enumerate(reader.pages, 1)]
+        meta_title = (reader.metadata.title if reader.metadata else None) or None
+    except LoadError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as error:
+        raise LoadError(f"corrupt or unreadable PDF ({error})") from None
+    if not any(p.text.strip() for p in pages):
+        raise LoadError("PDF has no extractable text (scanned images need OCR first)")
+    return LoadedFile(str(meta_title or path.stem), False, lambda: iter(pages))
+
+
+def load_html(path: Path) -> LoadedFile:
+    from bs4 import BeautifulSoup
+
+    data = path.read_bytes()
+    if b"\x00" in data[:SAMPLE_SIZE] and not data.startswith(
+        (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    ):
+        raise LoadError("binary content (NUL bytes) in an HTML file")
+    soup = BeautifulSoup(data, "html.parser")
+    for tag in soup(["script", "style", "noscript", "nav", "footer", "header", "template"]):
+        tag.decompose()
+    # Headings become Markdown so the splitter records the section of each chunk.
+    for level in range(1, 7):
+        for heading in soup.find_all(f"h{level}"):
+            heading.replace_with(f"\n\n{'#' * level} {heading.get_text(' ', strip=True)}\n\n")
+    for item in soup.find_all("li"):
+        item.insert_before("\n- ")
+    body = soup.body or soup
+    text = re.sub(r"\n\s*\n+", "\n\n", body.get_text("\n"))
+    text = re.sub(r"[ \t]+", " ", text).strip()
+    title = soup.title.get_text(strip=True) if soup.title else None
+    return LoadedFile(title or _markdown_title(text) or path.stem, True, lambda: iter([Part(text)]))
+
+
+def load_docx(path: Path) -> LoadedFile:
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(str(path))
+    except (PackageNotFoundError, ValueError, KeyError, OSError) as error:
+        raise LoadError(f"corrupt or unreadable DOCX ({error})") from None
+    except Exception as error:  # zipfile.BadZipFile and lxml errors for damaged files
+        raise LoadError(f"corrupt or unreadable DOCX ({type(error).__name__}: {error})") from None
+    lines: list[str] = []
+    for paragraph in document.paragraphs:
+        text = paragraph.text.strip()
+        if not text:
+            continue
+        style = (paragraph.style.name if paragraph.style is not None else "") or ""
+        level = re.match(r"Heading (\d)", style)
+        if style == "Title":
+            lines.append(f"# {text}")
+        elif level:
+            lines.append(f"{'#' * min(int(level.group(1)) + 1, 6)} {text}")
+        else:
+            lines.append(text)
+    for table in document.tables:
+        for row in table.rows:
+            lines.append(" | ".join(cell.text.strip() for cell in row.cells))
+    text = "\n\n".join(lines)
+    title = document.core_properties.title or _markdown_title(text) or path.stem
+    return LoadedFile(title, True, lambda: iter([Part(text)]))
+
+
+LOADERS: dict[str, Callable[[Path], LoadedFile]] = {
+    ".txt": lambda p: load_text(p, markdown=False),
+    ".md": lambda p: load_text(p, markdown=True),
+    ".markdown": lambda p: load_text(p, markdown=True),
+    ".pdf": load_pdf,
+    ".html": load_html,
+    ".htm": load_html,
+    ".docx": load_docx,
+}
+
+
+def load(path: Path, max_bytes: int) -> LoadedFile:
+    """Blocking: load any supported file, or raise LoadError with a one-line reason."""
+    try:
+        if not path.exists():
+            raise LoadError("file disappeared or is a broken link")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise LoadError(
+                f"{size / 1e6:.0f} MB is above the limit of {max_bytes / 1e6:.0f} MB "
+                "(raise RAG_MAX_FILE_MB to allow it)"
+            )
+        loader = LOADERS.get(path.suffix.lower(), lambda p: load_text(p, markdown=False))
+        return loader(path)
+    except PermissionError:
+        raise LoadError("permission denied") from None
+    except IsADirectoryError:
+        raise LoadError("is a folder, not a file") from None
+    except OSError as error:
+        raise LoadError(error.strerror or str(error)) from None

@@ -1,0 +1,386 @@
+"""The async ingestion pipeline: discover -> prepare (hash, load, split) -> write.
+
+Stages are joined by bounded queues, so a slow stage (usually embedding) makes
+the faster ones wait instead of filling memory; writes are concurrent
+``aadd_documents`` calls bounded by the number of writer tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from langchain_core.documents import Document
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from ingest import records
+from ingest.discover import FoundFile, discover, is_single_file
+from ingest.loaders import LoadError, load
+from ingest.split import Chunk, Splitter
+from rag.errors import IngestFailed, ModelUnavailable, RagError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from langchain_milvus import Milvus
+
+    from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Status = Literal["added", "updated", "unchanged", "removed", "skipped", "failed"]
+PREPARERS = 2  # loading/splitting is cheap next to embedding; two overlap disk and CPU
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    source: str
+    status: Status
+    chunks: int = 0
+    reason: str = ""
+
+
+@dataclass
+class IngestReport:
+    """What one run did; ``ok`` is False when any file failed."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    chunks_written: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: Status) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+
+class Reporter(Protocol):
+    """Where progress goes: a rich progress bar on a terminal, log lines elsewhere."""
+
+    def files_found(self, total: int) -> None: ...
+    def file_done(self, outcome: FileOutcome) -> None: ...
+    def chunks_written(self, count: int) -> None: ...
+    def note(self, source: str, message: str) -> None: ...
+
+
+class SilentReporter:
+    def files_found(self, total: int) -> None: ...
+    def file_done(self, outcome: FileOutcome) -> None: ...
+    def chunks_written(self, count: int) -> None: ...
+    def note(self, source: str, message: str) -> None: ...
+
+
+@dataclass
+class _FileJob:
+    """A file whose chunks are in flight; finished when every batch is written."""
+
+    found: FoundFile
+    digest: str
+    status: Status
+    pending: int = 0
+    chunks: int = 0
+    all_queued: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class _Batch:
+    job: _FileJob
+    documents: list[Document]
+    ids: list[str]
+
+
+def _permanent(error: BaseException) -> bool:
+    """Errors no retry can fix: bad credentials, bad requests, our own checks."""
+    if isinstance(error, (RagError, ValueError, TypeError, KeyError, AssertionError)):
+        return True
+    status = getattr(error, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+
+
+class Pipeline:
+    """One ingest run over one folder into one store."""
+
+    def __init__(
+        self,
+        store: Milvus,
+        settings: Settings,
+        reporter: Reporter | None = None,
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        keep_missing: bool = False,
+        retry_attempts: int = 5,
+        retry_max_wait: float = 8.0,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.reporter = reporter or SilentReporter()
+        self.include, self.exclude = include, exclude
+        self.keep_missing = keep_missing
+        self.retry_attempts = retry_attempts
+        self.retry_max_wait = retry_max_wait
+        self.splitter = Splitter(settings.chunk_size, settings.chunk_overlap)
+        self.report = IngestReport()
+        self.ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
+
+    async def run(self, root: Path) -> IngestReport:
+        started = time.perf_counter()
+        _base, walk = await asyncio.to_thread(discover, root, self.include, self.exclude)
+        single_file = await asyncio.to_thread(is_single_file, root)
+        found = await asyncio.to_thread(list, walk)
+        self.reporter.files_found(len(found))
+        files: asyncio.Queue[FoundFile | None] = asyncio.Queue()
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency * 2)
+        for item in found:
+            files.put_nowait(item)
+        for _ in range(PREPARERS):
+            files.put_nowait(None)
+        jobs: list[_FileJob] = []
+        writers = [
+            asyncio.create_task(self._writer(batches)) for _ in range(self.settings.concurrency)
+        ]
+        preparers = [
+            asyncio.create_task(self._preparer(files, batches, jobs)) for _ in range(PREPARERS)
+        ]
+        try:
+            # A writer that gives up (Milvus down past all retries) ends the run at once.
+            await self._wait(preparers, writers)
+            for _ in writers:
+                await batches.put(None)
+            await asyncio.gather(*writers)
+            await asyncio.gather(*(self._finish(job) for job in jobs))
+        finally:
+            for task in (*preparers, *writers):
+                task.cancel()
+            await asyncio.gather(*preparers, *writers, return_exceptions=True)
+        if not self.keep_missing and not single_file:
+            await self._remove_missing({f.source for f in found})
+        await asyncio.to_thread(self._flush)
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    async def _wait(
+        self, preparers: list[asyncio.Task[None]], writers: list[asyncio.Task[None]]
+    ) -> None:
+        """Wait for the preparers, but surface a writer's failure the moment it happens."""
+        pending = set(preparers) | set(writers)
+        while any(not p.done() for p in preparers):
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+
+    def _outcome(self, outcome: FileOutcome) -> None:
+        self.report.outcomes.append(outcome)
+        self.reporter.file_done(outcome)
+
+    async def _preparer(
+        self,
+        files: asyncio.Queue[FoundFile | None],
+        batches: asyncio.Queue[_Batch | None],
+        jobs: list[_FileJob],
+    ) -> None:
+        while (found := await files.get()) is not None:
+            try:
+                job = await self._prepare(found, batches)
+            except LoadError as error:
+                self._outcome(FileOutcome(found.source, "failed", reason=str(error)))
+                continue
+            if job is not None:
+                jobs.append(job)
+
+    async def _prepare(
+        self, found: FoundFile, batches: asyncio.Queue[_Batch | None]
+    ) -> _FileJob | None:
+        """Decide what a file needs and queue its batches; None when nothing is to write."""
+        try:
+            digest = await asyncio.to_thread(records.file_hash, found.path)
+        except OSError as error:
+            raise LoadError(error.strerror or str(error)) from None
+        stored = await self._retry(records.stored_file, self.store, found.source, digest)
+        if stored.complete:
+            self._outcome(FileOutcome(found.source, "unchanged", stored.rows))
+            return None
+        max_bytes = int(self.settings.max_file_mb * 1024 * 1024)
+        loaded = await asyncio.to_thread(load, found.path, max_bytes)
+        for note in loaded.notes:
+            self.reporter.note(found.source, note)
+        chunks = await asyncio.to_thread(_materialise_or_count, self.splitter, loaded)
+        total = chunks if isinstance(chunks, int) else len(chunks)
+        if total == 0:
+            self._outcome(
+                FileOutcome(found.source, "skipped", reason="no text to index (empty file)")
+            )
+            return None
+        if stored.current_rows:
+            # Leftovers of an interrupted run of this same version: rewrite it whole.
+            await self._retry(
+                records.delete_where,
+                self.store,
+                records.version_expr(found.source, digest, same=True),
+            )
+        status: Status = "updated" if stored.rows > stored.current_rows else "added"
+        job = _FileJob(found, digest, status)
+        source_iter: Iterator[Chunk] = (
+            iter(chunks) if isinstance(chunks, list) else self.splitter.chunks(loaded)
+        )
+        indexed = enumerate(source_iter)
+        while True:
+            piece = await asyncio.to_thread(
+                lambda: list(itertools.islice(indexed, self.settings.batch_size))
+            )
+            if not piece:
+                break
+            docs = [
+                self._document(found.source, loaded.title, digest, i, total, c) for i, c in piece
+            ]
+            ids = [records.chunk_id(found.source, digest, i) for i, _ in piece]
+            job.pending += 1
+            job.chunks += len(docs)
+            await batches.put(_Batch(job, docs, ids))
+        job.all_queued = True
+        if job.pending == 0:
+            job.done.set()
+        return job
+
+    def _document(
+        self, source: str, title: str, digest: str, index: int, total: int, chunk: Chunk
+    ) -> Document:
+        return Document(
+            page_content=chunk.text,
+            metadata={
+                "source": source,
+                "title": title[:500],
+                "section": chunk.section[:1000],
+                "page": chunk.page or 0,
+                "chunk_index": index,
+                "chunk_count": total,
+                "content_hash": records.content_hash(chunk.text),
+                "file_hash": digest,
+                "ingested_at": self.ingested_at,
+            },
+        )
+
+    async def _writer(self, batches: asyncio.Queue[_Batch | None]) -> None:
+        while (batch := await batches.get()) is not None:
+            await self._write(batch)
+            batch.job.pending -= 1
+            self.report.chunks_written += len(batch.documents)
+            self.reporter.chunks_written(len(batch.documents))
+            if batch.job.all_queued and batch.job.pending == 0:
+                batch.job.done.set()
+
+    async def _write(self, batch: _Batch) -> None:
+        attempt = 0
+
+        async def insert() -> None:
+            nonlocal attempt
+            attempt += 1
+            if attempt > 1:
+                # The failed try may have inserted rows before the error reached us;
+                # Milvus does not deduplicate primary keys, so clear them first.
+                await records.delete_where(self.store, f"pk in {batch.ids!r}")
+            await self.store.aadd_documents(batch.documents, ids=batch.ids)
+
+        await self._retry(insert)
+
+    async def _retry(self, func, *args):  # type: ignore[no-untyped-def]
+        """Run ``func`` with exponential back-off on transient errors, then fail in one line."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.retry_attempts),
+                wait=wait_exponential_jitter(initial=0.5, max=self.retry_max_wait),
+                retry=retry_if_exception(lambda e: not _permanent(e)),
+                reraise=True,
+            ):
+                with attempt:
+                    return await func(*args)
+        except RagError:
+            raise
+        except Exception as error:
+            raise _explain(error, self.settings) from error
+        raise AssertionError("unreachable")
+
+    async def _finish(self, job: _FileJob) -> None:
+        await job.done.wait()
+        # Only now is the new version complete: drop rows of any older one.
+        if job.status == "updated":
+            await self._retry(
+                records.delete_where,
+                self.store,
+                records.version_expr(job.found.source, job.digest, same=False),
+            )
+        self._outcome(FileOutcome(job.found.source, job.status, job.chunks))
+
+    async def _remove_missing(self, present: set[str]) -> None:
+        stored = await self._retry(records.stored_sources, self.store)
+        for source in sorted(stored - present):
+            await self._retry(records.delete_where, self.store, records.source_expr(source))
+            self._outcome(FileOutcome(source, "removed"))
+
+    def _flush(self) -> None:
+        """Blocking: Milvus Lite searches unflushed rows by brute force, so flush at the end."""
+        try:
+            self.store.client.flush(self.store.collection_name)
+        except Exception as error:  # a flush is an optimisation; never fail the ingest for it
+            log.debug("flush failed: %s", error)
+
+
+def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | int:
+    """Small files: the chunk list. Huge streamed files: only the count (a cheap first pass),
+    because every row records the file's chunk count before the file is fully read."""
+    from ingest.loaders import LoadedFile
+
+    assert isinstance(loaded, LoadedFile)
+    stream = splitter.chunks(loaded)
+    first = list(itertools.islice(stream, 5000))
+    if len(first) < 5000:
+        return first
+    return len(first) + sum(1 for _ in stream)
+
+
+def _explain(error: BaseException, settings: Settings) -> RagError:
+    """One line for an error that survived every retry, naming the service at fault."""
+    from rag.store import describe_failure
+
+    module = type(error).__module__
+    if module.startswith(("openai", "httpx")):
+        status = getattr(error, "status_code", None)
+        where = settings.embedding_base_url or "the OpenAI API"
+        if status == 401:
+            return ModelUnavailable(
+                f"embedding endpoint {where} rejected the API key (401); "
+                "check RAG_EMBEDDING_API_KEY"
+            )
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return ModelUnavailable(f"embedding endpoint {where} failed: {first}")
+    if module.startswith(("pymilvus", "grpc")) or isinstance(
+        error, (ConnectionError, TimeoutError)
+    ):
+        return StoreUnavailable(describe_failure(settings, error))
+    return IngestFailed(f"ingest stopped: {type(error).__name__}: {error}")
+
+
+async def ingest_path(
+    root: Path,
+    store: Milvus,
+    settings: Settings,
+    reporter: Reporter | None = None,
+    **options: object,
+) -> IngestReport:
+    """Ingest a folder (or one file) into the store; the Python API behind `rag ingest`."""
+    return await Pipeline(store, settings, reporter, **options).run(root)  # type: ignore[arg-type]

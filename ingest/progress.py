@@ -1,0 +1,101 @@
+"""Progress for humans: a rich bar on a terminal, one plain line per event elsewhere."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from ingest.pipeline import FileOutcome, IngestReport
+
+STYLE = {
+    "added": "green",
+    "updated": "cyan",
+    "unchanged": "dim",
+    "removed": "yellow",
+    "skipped": "yellow",
+    "failed": "bold red",
+}
+
+
+class ConsoleReporter:
+    """Reports to a rich console; animates only when the console is a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.chunks = 0
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files · {task.fields[chunks]} chunks · {task.fields[rate]} chunks/s"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not self.live,
+        )
+        self._task = self._progress.add_task("ingest", total=None, chunks=0, rate="0.0")
+
+    def __enter__(self) -> ConsoleReporter:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def files_found(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+        if not self.live:
+            self.console.print(f"found {total} files")
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        if outcome.status != "removed":
+            self._progress.advance(self._task)
+        if outcome.status in ("failed", "skipped"):
+            self.console.print(
+                f"[{STYLE[outcome.status]}]{outcome.status}[/]: {outcome.source}: {outcome.reason}",
+                highlight=False,
+            )
+        elif not self.live or outcome.status == "removed":
+            self.console.print(
+                f"{outcome.status}: {outcome.source} ({outcome.chunks} chunks)", highlight=False
+            )
+
+    def chunks_written(self, count: int) -> None:
+        self.chunks += count
+        elapsed = self._progress.tasks[0].elapsed or 0.0
+        rate = f"{self.chunks / elapsed:.1f}" if elapsed > 0 else "0.0"
+        self._progress.update(self._task, chunks=self.chunks, rate=rate)
+
+    def note(self, source: str, message: str) -> None:
+        self.console.print(f"[yellow]note[/]: {source}: {message}", highlight=False)
+
+
+def summary_table(report: IngestReport) -> Table:
+    """The closing summary: files by outcome, chunks written, seconds."""
+    table = Table(title="Ingest summary", show_header=True, header_style="bold")
+    for status in STYLE:
+        table.add_column(status, justify="right", style=STYLE[status])
+    table.add_column("chunks written", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row(
+        *(str(report.count(s)) for s in STYLE),  # type: ignore[arg-type]
+        str(report.chunks_written),
+        f"{report.seconds:.1f}",
+    )
+    return table

@@ -1,0 +1,167 @@
+"""The `rag` command: a thin typer layer over the Python API in `rag/` and `ingest/`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rag.errors import RagError
+from rag.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Ask questions about your documents: ingest a folder into Milvus, then chat with it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+CollectionOption = Annotated[
+    str | None,
+    typer.Option("--collection", "-c", help="Collection to use (default: RAG_COLLECTION)."),
+]
+
+
+def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine, turning user-facing errors into one line and an exit code."""
+    try:
+        return asyncio.run(make())
+    except RagError as error:
+        errors.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted: nothing is lost; run the same command again to finish")
+        raise typer.Exit(130) from None
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except RagError as error:
+        errors.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        # langchain-milvus logs a full error before raising; we report it in one line.
+        logging.getLogger("langchain_milvus").setLevel(logging.CRITICAL)
+        # Milvus Lite's in-process gRPC server logs a traceback for a timestamp call it
+        # does not implement; pymilvus falls back by itself, so it is noise to a user.
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="Folder (or single file) to ingest.")],
+    collection: CollectionOption = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", "-i", help="Glob of files to take.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", "-x", help="Glob of files to skip.")
+    ] = None,
+    keep_missing: Annotated[
+        bool, typer.Option(help="Keep chunks of files no longer in the folder.")
+    ] = False,
+    recreate: Annotated[
+        bool, typer.Option(help="Drop the collection first and rebuild it from scratch.")
+    ] = False,
+) -> None:
+    """Load, split, embed and write a folder of documents; re-runs write only what changed."""
+    from ingest.pipeline import ingest_path
+    from ingest.progress import ConsoleReporter, summary_table
+    from rag.services import open_services
+
+    settings = _settings(collection=collection)
+
+    async def go() -> bool:
+        services = await open_services(settings, recreate=recreate)
+        with ConsoleReporter(console) as reporter:
+            report = await ingest_path(
+                path,
+                services.store,
+                settings,
+                reporter,
+                include=include or (),
+                exclude=exclude or (),
+                keep_missing=keep_missing,
+            )
+        console.print(summary_table(report))
+        return report.ok
+
+    if not _run(go):
+        errors.print("[bold red]some files failed[/] (listed above); the others were ingested")
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=100, help="How many hits.")] = 4,
+    collection: CollectionOption = None,
+) -> None:
+    """Show the passages closest to a query (retrieval only, no LLM)."""
+    from rag.services import open_services
+
+    settings = _settings(collection=collection)
+
+    async def go() -> None:
+        services = await open_services(settings)
+        hits = await services.store.asimilarity_search_with_score(query, k=k)
+        table = Table(title=f"Top {k} for: {query}", show_lines=True)
+        for column in ("#", "score", "source", "page", "passage"):
+            table.add_column(column)
+        for number, (doc, score) in enumerate(hits, 1):
+            meta = doc.metadata
+            table.add_row(
+                str(number),
+                f"{score:.3f}",
+                str(meta.get("source", "")),
+                str(meta.get("page") or ""),
+                doc.page_content[:300],
+            )
+        console.print(table)
+
+    _run(go)
+
+
+@app.command()
+def doctor(collection: CollectionOption = None) -> None:
+    """Print the effective configuration (secrets masked) and check each service answers."""
+    from rag.doctor import run_checks
+
+    settings = _settings(collection=collection)
+    table = Table(title="Configuration", show_header=False)
+    for name, value in settings.public_view().items():
+        table.add_row(f"RAG_{name.upper()}", str(value))
+    console.print(table)
+    results = _run(lambda: run_checks(settings))
+    failed = False
+    for name, ok, detail in results:
+        mark = "[green]ok[/]" if ok else "[bold red]FAIL[/]"
+        console.print(f"{mark}  {name}: {detail}", highlight=False, soft_wrap=True)
+        failed |= not ok
+    if failed:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

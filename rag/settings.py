@@ -1,0 +1,142 @@
+"""One typed settings object decides which store, embeddings and LLM are built.
+
+Everything is read from ``RAG_*`` environment variables and an optional ``.env``
+file, validated once at start-up, so a typo fails in one line instead of deep
+inside a Milvus or OpenAI call.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import ConfigError
+
+ENV_PREFIX = "RAG_"
+
+
+class Settings(BaseSettings):
+    """The application's configuration (see `.env.example` for each variable)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- vector store -----------------------------------------------------
+    milvus_uri: str = Field(
+        "./data/milvus.db",
+        description="A local file path (Milvus Lite) or http(s)://host:19530 for a server.",
+    )
+    milvus_token: SecretStr | None = Field(None, description="user:password or an API key.")
+    milvus_db: str | None = Field(None, description="Database name on a Milvus server.")
+    milvus_timeout: float = Field(10.0, gt=0, description="Seconds per Milvus call.")
+    collection: str = Field("documents", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+    # --- embeddings -------------------------------------------------------
+    embedding_provider: Literal["local", "openai"] = "local"
+    embedding_model: str | None = Field(
+        None, description="Model name for provider openai (default text-embedding-3-small)."
+    )
+    embedding_base_url: str | None = None
+    embedding_api_key: SecretStr | None = None
+    embedding_dimensions: int | None = Field(None, gt=0, le=32768)
+    embedding_batch_size: int = Field(32, gt=0, le=2048)
+    embedding_threads: int = Field(0, ge=0, description="ONNX threads; 0 = one per core.")
+
+    # --- ingestion --------------------------------------------------------
+    chunk_size: int = Field(1000, ge=100, le=8000, description="Characters per chunk.")
+    chunk_overlap: int = Field(150, ge=0)
+    batch_size: int = Field(64, gt=0, le=4096, description="Chunks per aadd_documents call.")
+    concurrency: int = Field(4, gt=0, le=64, description="Concurrent writes to Milvus.")
+    max_file_mb: float = Field(200.0, gt=0, description="Larger files are refused.")
+
+    # --- chat model -------------------------------------------------------
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr | None = None
+    llm_temperature: float = Field(0.1, ge=0, le=2)
+    llm_max_tokens: int = Field(512, gt=0)
+    llm_timeout: float = Field(60.0, gt=0)
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _uri_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("embedding_base_url", "llm_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"RAG_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"RAG_CHUNK_SIZE ({self.chunk_size})"
+            )
+        return self
+
+    @property
+    def milvus_is_local(self) -> bool:
+        """Milvus Lite runs in-process on a file; anything with a scheme is a server."""
+        return "://" not in self.milvus_uri
+
+    @property
+    def milvus_path(self) -> Path:
+        return Path(self.milvus_uri).expanduser()
+
+    def public_view(self) -> dict[str, object]:
+        """The effective configuration with every secret masked, for `rag doctor` and logs."""
+        view: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                view[name] = "********" if value.get_secret_value() else ""
+            else:
+                view[name] = value
+        return view
+
+
+def _describe(error: ValidationError) -> str:
+    """Turn pydantic's multi-line report into one line that names the variable."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        name = f"{ENV_PREFIX}{field}".upper() if field else "configuration"
+        value = item.get("input")
+        shown = (
+            ""
+            if field.endswith(("token", "key")) or isinstance(value, dict)
+            else f" (got {value!r})"
+        )
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}{shown}" if field else message)
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into a ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated once."""
+    return load_settings()
