@@ -144,6 +144,70 @@ def search(
 
 
 @app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="Your question about the documents.")],
+    k: Annotated[int | None, typer.Option("--k", "-k", min=1, max=50, help="Passages.")] = None,
+    mmr: Annotated[
+        bool | None, typer.Option("--mmr/--no-mmr", help="Diversify passages (MMR).")
+    ] = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", "-s", help="Only search these files.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    collection: CollectionOption = None,
+) -> None:
+    """Answer a question from the documents, streaming the answer, then list its sources."""
+    import json
+    from dataclasses import replace
+
+    from rag.assistant import open_assistant
+    from rag.chain import Answer, AnswerInterrupted, Token
+
+    settings = _settings(collection=collection)
+
+    async def go() -> Answer:
+        async with open_assistant(settings) as assistant:
+            options = replace(
+                assistant.default_options(),
+                **{"k": k} if k else {},
+                **{"mmr": mmr} if mmr is not None else {},
+                sources=tuple(source or ()),
+            )
+            answer: Answer | None = None
+            try:
+                async for event in assistant.chain.astream(question, options=options):
+                    if isinstance(event, Token) and not as_json:
+                        console.print(event.text, end="", highlight=False, markup=False)
+                    elif isinstance(event, Answer):
+                        answer = event
+            except AnswerInterrupted:
+                console.print()
+                raise
+            assert answer is not None
+            return answer
+
+    answer = _run(go)
+    if as_json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
+        return
+    console.print("\n")
+    table = Table(
+        title="Sources" if answer.answered else "Closest passages (below the relevance floor)"
+    )
+    for column in ("#", "source", "page", "score", "cited"):
+        table.add_column(column)
+    for number, hit in enumerate(answer.hits, 1):
+        table.add_row(
+            f"[{number}]",
+            hit.source,
+            str(hit.page or ""),
+            f"{hit.score:.3f}",
+            "yes" if number in answer.cited else "",
+        )
+    console.print(table)
+
+
+@app.command()
 def doctor(collection: CollectionOption = None) -> None:
     """Print the effective configuration (secrets masked) and check each service answers."""
     from rag.doctor import run_checks

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     concurrency: int = Field(4, gt=0, le=64, description="Concurrent writes to Milvus.")
     max_file_mb: float = Field(200.0, gt=0, description="Larger files are refused.")
 
+    # --- retrieval --------------------------------------------------------
+    top_k: int = Field(4, gt=0, le=50, description="Passages given to the LLM.")
+    mmr: bool = Field(False, description="Diversify passages with max marginal relevance.")
+    fetch_k: int = Field(20, gt=0, le=200, description="Candidates considered by MMR.")
+    relevance_floor: float = Field(
+        0.3, ge=-1, le=1, description="Cosine score below which a passage is not relevant."
+    )
+
     # --- chat model -------------------------------------------------------
     llm_base_url: str | None = None
     llm_model: str = "gpt-4o-mini"
@@ -65,6 +73,7 @@ class Settings(BaseSettings):
     llm_temperature: float = Field(0.1, ge=0, le=2)
     llm_max_tokens: int = Field(512, gt=0)
     llm_timeout: float = Field(60.0, gt=0)
+    llm_local_port: int = Field(0, ge=0, le=65535, description="Port of the bundled LLM; 0 = any.")
 
     @field_validator("milvus_uri")
     @classmethod

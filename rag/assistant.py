@@ -1,0 +1,68 @@
+"""Wire settings into a ready RagChain: store, embeddings, prompts and chat model.
+
+When no LLM endpoint is configured, the bundled local model is started as a child
+process for as long as the chain is open, so `rag ask` works offline with no key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from rag.chain import RagChain
+from rag.llm import build_chat_model
+from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
+from rag.prompts import load_prompts
+from rag.retrieval import SearchOptions
+from rag.services import Services, open_services
+from rag.settings import Settings
+
+
+@dataclass
+class Assistant:
+    chain: RagChain
+    services: Services
+    llm_label: str
+
+    def default_options(self) -> SearchOptions:
+        s = self.services.settings
+        return SearchOptions(k=s.top_k, mmr=s.mmr, fetch_k=s.fetch_k)
+
+
+def build_chain(services: Services, base_url: str | None, model: str) -> Assistant:
+    settings = services.settings.model_copy(update={"llm_model": model})
+    llm = build_chat_model(settings, base_url=base_url, tiny=model == LOCAL_MODEL_NAME)
+    where = base_url or "the OpenAI API"
+    chain = RagChain(
+        services.store,
+        llm,
+        load_prompts(),
+        relevance_floor=settings.relevance_floor,
+        llm_name=where,
+    )
+    return Assistant(chain, services, f"{model} at {where}")
+
+
+@asynccontextmanager
+async def open_assistant(
+    settings: Settings, *, collection: str | None = None
+) -> AsyncIterator[Assistant]:
+    """Open everything a question needs; starts (and later stops) the local LLM if needed."""
+    load_prompts()  # fail on a broken prompt file before anything slow starts
+    server: LocalLLMServer | None = None
+    try:
+        if settings.llm_base_url:
+            base_url, model = settings.llm_base_url, settings.llm_model
+            services = await open_services(settings, collection=collection)
+        else:
+            server = LocalLLMServer(port=settings.llm_local_port)
+            services, base_url = await asyncio.gather(
+                open_services(settings, collection=collection), asyncio.to_thread(server.start)
+            )
+            model = LOCAL_MODEL_NAME
+        yield build_chain(services, base_url, model)
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)

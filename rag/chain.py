@@ -1,0 +1,202 @@
+"""The retrieval chain: condense -> retrieve -> number the passages -> prompt -> stream.
+
+Each step is an LCEL runnable; ``RagChain.astream`` runs them in order and yields
+an event per step, so the CLI and the chat UI can show the stand-alone question
+and the hits before the first token, and tokens as they arrive.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from langchain_core.output_parsers import StrOutputParser
+
+from rag.errors import ModelUnavailable
+from rag.retrieval import Hit, SearchOptions, retrieve
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_milvus import Milvus
+
+    from rag.prompts import Prompts
+
+NOTHING_FOUND = (
+    "I couldn't find anything about that in the documents. "
+    "The closest passages are listed below; try rephrasing, or ask about another topic."
+)
+HISTORY_TURNS = 6  # older turns rarely help condense a follow-up and cost tokens
+
+
+@dataclass(frozen=True)
+class Condensed:
+    question: str
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    hits: list[Hit]
+    relevant: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+
+
+@dataclass
+class Answer:
+    """The final result: text, the numbered passages it was given, and which it cited."""
+
+    question: str
+    standalone: str
+    text: str
+    hits: list[Hit] = field(default_factory=list)
+    answered: bool = True
+
+    @property
+    def cited(self) -> list[int]:
+        numbers = {int(n) for n in re.findall(r"\[(\d+)\]", self.text)}
+        return sorted(n for n in numbers if 1 <= n <= len(self.hits))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "question": self.question,
+            "standalone_question": self.standalone,
+            "answer": self.text,
+            "answered": self.answered,
+            "cited": self.cited,
+            "sources": [
+                {
+                    "n": n,
+                    "source": hit.source,
+                    "page": hit.page,
+                    "score": round(hit.score, 4),
+                    "text": hit.document.page_content,
+                }
+                for n, hit in enumerate(self.hits, 1)
+            ],
+        }
+
+
+Event = Condensed | Retrieved | Token | Answer
+
+
+class AnswerInterrupted(ModelUnavailable):
+    """The model stopped mid-answer; ``partial`` keeps what had arrived."""
+
+    def __init__(self, message: str, partial: str) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+def format_context(hits: Sequence[Hit]) -> str:
+    """Numbered passages, fenced so the model can tell data from instructions."""
+    blocks = []
+    for number, hit in enumerate(hits, 1):
+        body = hit.document.page_content.replace("</documents>", "</ documents>")
+        blocks.append(f"[{number}] (source: {hit.label()})\n{body}")
+    return "\n\n".join(blocks)
+
+
+def _history_text(history: Sequence[tuple[str, str]]) -> str:
+    return "\n".join(f"{role.capitalize()}: {text}" for role, text in history[-HISTORY_TURNS:])
+
+
+def describe_llm_error(error: BaseException, where: str) -> str:
+    """One readable line for a failed model call."""
+    name = type(error).__name__
+    status = getattr(error, "status_code", None)
+    if status == 429:
+        return f"the chat model at {where} is rate-limited (429); wait a moment and ask again"
+    if status in (401, 403):
+        return f"the chat model at {where} rejected the API key ({status}); check RAG_LLM_API_KEY"
+    if "Timeout" in name:
+        return f"the chat model at {where} did not answer in time"
+    if "Connection" in name:
+        return f"the chat model at {where} is not reachable; is it running?"
+    first = str(error).splitlines()[0] if str(error) else name
+    return f"the chat model at {where} failed: {first}"
+
+
+class RagChain:
+    """Answer questions from a Milvus store with any LangChain chat model."""
+
+    def __init__(
+        self,
+        store: Milvus,
+        llm: BaseChatModel,
+        prompts: Prompts,
+        *,
+        relevance_floor: float,
+        llm_name: str = "the chat model",
+    ) -> None:
+        self.store = store
+        self.relevance_floor = relevance_floor
+        self.llm_name = llm_name
+        self.condense_chain = prompts.condense | llm | StrOutputParser()
+        self.answer_chain = prompts.answer | llm | StrOutputParser()
+
+    async def condense(self, question: str, history: Sequence[tuple[str, str]]) -> str:
+        """A follow-up ("and who approves it?") made stand-alone; unchanged without history."""
+        if not history:
+            return question
+        try:
+            text = await self.condense_chain.ainvoke(
+                {"chat_history": _history_text(history), "question": question}
+            )
+        except Exception as error:
+            raise ModelUnavailable(describe_llm_error(error, self.llm_name)) from error
+        text = text.strip().strip('"').strip()
+        text = re.sub(r"^(stand-?alone( question)?|standalone)\s*:\s*", "", text, flags=re.I)
+        return text.splitlines()[0].strip() if text else question
+
+    async def astream(
+        self,
+        question: str,
+        history: Sequence[tuple[str, str]] = (),
+        options: SearchOptions | None = None,
+    ) -> AsyncIterator[Event]:
+        options = options or SearchOptions()
+        standalone = await self.condense(question, history)
+        yield Condensed(standalone)
+        started = time.perf_counter()
+        hits = await retrieve(self.store, standalone, options)
+        relevant_hits = [h for h in hits if h.score >= self.relevance_floor]
+        yield Retrieved(hits, bool(relevant_hits), time.perf_counter() - started)
+        if not relevant_hits:
+            # Below the floor the model is not asked at all: a small model would invent.
+            yield Token(NOTHING_FOUND)
+            yield Answer(question, standalone, NOTHING_FOUND, hits, answered=False)
+            return
+        parts: list[str] = []
+        try:
+            async for token in self.answer_chain.astream(
+                {"context": format_context(relevant_hits), "question": standalone}
+            ):
+                if token:
+                    parts.append(token)
+                    yield Token(token)
+        except Exception as error:
+            message = describe_llm_error(error, self.llm_name)
+            if parts:
+                raise AnswerInterrupted(
+                    f"{message} (the answer was cut off)", "".join(parts)
+                ) from error
+            raise ModelUnavailable(message) from error
+        yield Answer(question, standalone, "".join(parts).strip(), relevant_hits)
+
+    async def ainvoke(
+        self,
+        question: str,
+        history: Sequence[tuple[str, str]] = (),
+        options: SearchOptions | None = None,
+    ) -> Answer:
+        async for event in self.astream(question, history, options):
+            if isinstance(event, Answer):
+                return event
+        raise AssertionError("the chain ended without an answer")

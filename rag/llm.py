@@ -1,0 +1,36 @@
+"""The chat model: any OpenAI-compatible endpoint through langchain-openai's ChatOpenAI."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from langchain_openai import ChatOpenAI
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
+
+
+def build_chat_model(
+    settings: Settings, base_url: str | None = None, *, tiny: bool = False
+) -> ChatOpenAI:
+    """A streaming ChatOpenAI for the configured endpoint (or ``base_url``, e.g. the local one).
+
+    Retries stay low: the openai client already honours Retry-After on 429s, and a
+    person waiting in the chat is better served by a clear error than by a minute
+    of silent retries. ``tiny`` is for the bundled 135M model, which loops on its own
+    words unless penalised for repeating them and kept short.
+    """
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "not-needed"
+    return ChatOpenAI(
+        model=settings.llm_model,
+        base_url=base_url or settings.llm_base_url,
+        api_key=key,  # type: ignore[arg-type]
+        temperature=settings.llm_temperature,
+        max_tokens=min(settings.llm_max_tokens, 160) if tiny else settings.llm_max_tokens,  # type: ignore[call-arg]
+        frequency_penalty=0.8 if tiny else None,
+        # langchain-openai sends max_completion_tokens, which llama.cpp's server ignores.
+        extra_body={"max_tokens": 160, "repeat_penalty": 1.3} if tiny else None,
+        timeout=settings.llm_timeout,
+        max_retries=2,
+        streaming=True,
+    )
