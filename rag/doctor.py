@@ -54,8 +54,41 @@ async def _embeddings(settings: Settings) -> Check:
         return ("embeddings", False, f"{type(error).__name__}: {str(error).splitlines()[0]}")
 
 
+def _llm(settings: Settings) -> Check:
+    """Blocking: the endpoint lists its models, or the bundled model is installed."""
+    import importlib.util
+    import json
+    import urllib.error
+    import urllib.request
+
+    from rag.local_llm import INSTALL_HINT, LOCAL_MODEL_NAME, local_model_path
+
+    if not settings.llm_base_url:
+        try:
+            path = local_model_path()
+        except RagError as error:
+            return ("chat model", False, str(error))
+        if importlib.util.find_spec("llama_cpp") is None:
+            return ("chat model", False, f"llama-cpp-python is not installed; {INSTALL_HINT}")
+        return ("chat model", True, f"bundled {LOCAL_MODEL_NAME} ({path.name}), started on demand")
+    request = urllib.request.Request(f"{settings.llm_base_url}/models")
+    if settings.llm_api_key is not None:
+        request.add_header("Authorization", f"Bearer {settings.llm_api_key.get_secret_value()}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            names = [m.get("id") for m in json.load(reply).get("data", [])]
+    except urllib.error.HTTPError as error:
+        return ("chat model", False, f"{settings.llm_base_url} answered HTTP {error.code}")
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return ("chat model", False, f"{settings.llm_base_url} is not reachable: {error}")
+    listed = "listed" if settings.llm_model in names else "not in its model list"
+    return ("chat model", True, f"{settings.llm_model} at {settings.llm_base_url} ({listed})")
+
+
 async def run_checks(settings: Settings) -> list[Check]:
-    milvus, embeddings = await asyncio.gather(
-        asyncio.to_thread(_milvus, settings), _embeddings(settings)
+    milvus, embeddings, llm = await asyncio.gather(
+        asyncio.to_thread(_milvus, settings),
+        _embeddings(settings),
+        asyncio.to_thread(_llm, settings),
     )
-    return [milvus, embeddings]
+    return [milvus, embeddings, llm]
