@@ -27,15 +27,10 @@ from rag.errors import RagError
 from rag.retrieval import Hit, SearchOptions
 from rag.settings import get_settings
 from rag.uploads import store_upload
+from rag.welcome import load_starters, render_welcome, write_welcome
 
 log = logging.getLogger(__name__)
 ALL_SOURCES = "All documents"
-STARTERS = [
-    ("Expense approval", "Who needs to approve an expense claim of €1,200?"),
-    ("Heron range", "How far can the Heron QH-640 fly with a full payload?"),
-    ("Error E-342", "What does error E-342 mean?"),
-    ("Travel insurance", "What is our travel insurance policy number?"),
-]
 
 _stack = AsyncExitStack()
 _assistant: Assistant | None = None
@@ -53,6 +48,29 @@ async def assistant() -> Assistant:
         if _assistant is None:
             _assistant = await _stack.enter_async_context(open_assistant(get_settings()))
         return _assistant
+
+
+async def refresh_welcome(helper: Assistant) -> None:
+    """Render chainlit.md in the runtime app root with the collection's current contents."""
+    from chainlit.config import APP_ROOT
+
+    sources = await _source_names(helper)
+    from rag.embeddings import embedding_identity
+
+    models = (
+        f"**{helper.llm_label}**; passages are found with the "
+        f"**{embedding_identity(helper.services.settings)[0]}** embedding model"
+    )
+    text = render_welcome(helper.services.store.collection_name, models, sources)
+    await asyncio.to_thread(write_welcome, Path(APP_ROOT), text)
+
+
+@cl.on_app_startup
+async def _startup() -> None:
+    # Open Milvus and the models before the first visitor; if that fails the chat
+    # reports it and retries on the next message.
+    with contextlib.suppress(RagError):
+        await refresh_welcome(await assistant())
 
 
 @cl.on_app_shutdown
@@ -82,7 +100,7 @@ if _users():
 
 @cl.set_starters
 async def _starters(user: cl.User | None = None, language: str | None = None) -> list[cl.Starter]:
-    return [cl.Starter(label=label, message=text) for label, text in STARTERS]
+    return [cl.Starter(label=label, message=text) for label, text in load_starters()]
 
 
 async def _source_names(helper: Assistant) -> list[str]:
@@ -155,6 +173,7 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
                 lines.append(f"❌ {error}")
         step.output = "\n".join(lines) or "No files received."
     await cl.Message(content="\n".join(lines)).send()
+    await refresh_welcome(helper)
 
 
 def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:

@@ -218,6 +218,7 @@ def ui(
     import subprocess
 
     from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
+    from rag.welcome import PROJECT_ROOT, prepare_app_root
 
     settings = _settings(collection=collection)
     env = dict(os.environ)
@@ -227,8 +228,8 @@ def ui(
     if settings.milvus_is_local:
         env["RAG_MILVUS_URI"] = str(settings.milvus_path.resolve())
     env["RAG_UPLOAD_DIR"] = str(Path(settings.upload_dir).resolve())
-    app_root = Path(__file__).resolve().parent.parent
-    env.setdefault("CHAINLIT_APP_ROOT", str(app_root))
+    app_root = prepare_app_root(Path(settings.ui_dir))
+    env["CHAINLIT_APP_ROOT"] = str(app_root)
     server: LocalLLMServer | None = None
     try:
         if not settings.llm_base_url:
@@ -241,7 +242,8 @@ def ui(
                 raise typer.Exit(error.exit_code) from None
             env["RAG_LLM_MODEL"] = LOCAL_MODEL_NAME
         console.print(f"[bold green]chat UI:[/] http://{host}:{port}", highlight=False)
-        command = [sys.executable, "-m", "chainlit", "run", str(app_root / "rag" / "chat_app.py"),
+        target = str(PROJECT_ROOT / "rag" / "chat_app.py")
+        command = [sys.executable, "-m", "chainlit", "run", target,
                    "--headless", "--host", host, "--port", str(port)]  # fmt: skip
         raise typer.Exit(subprocess.call(command, env=env, cwd=env["CHAINLIT_APP_ROOT"]))
     except KeyboardInterrupt:

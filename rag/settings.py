@@ -80,6 +80,7 @@ class Settings(BaseSettings):
         None, description="user:password pairs separated by commas; enables login."
     )
     upload_dir: str = Field("./data/uploads", description="Where chat uploads are kept.")
+    ui_dir: str = Field("./data/ui", description="Runtime folder of the chat UI.")
     upload_max_mb: float = Field(20.0, gt=0, description="Largest file accepted in the chat.")
 
     @field_validator("milvus_uri")
