@@ -60,7 +60,9 @@ class Answer:
 
     @property
     def cited(self) -> list[int]:
-        numbers = {int(n) for n in re.findall(r"\[(\d+)\]", self.text)}
+        # "[1]", "[1][2]" and "[1, 2]" all cite; numbers without a passage do not.
+        groups = re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", self.text)
+        numbers = {int(n) for group in groups for n in group.split(",")}
         return sorted(n for n in numbers if 1 <= n <= len(self.hits))
 
     def to_dict(self) -> dict[str, object]:
