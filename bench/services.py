@@ -56,11 +56,14 @@ def _process(command: list[str], port: int, timeout: float = 60) -> Iterator[Non
 
 
 @contextlib.contextmanager
-def fake_openai(latency: float, jitter: float, rpm: int | None = None) -> Iterator[str]:
+def fake_openai(
+    latency: float, jitter: float, rpm: int | None = None, chat_token_delay: float = 0.0
+) -> Iterator[str]:
     """The tests' fake OpenAI server with per-request latency; yields its base URL."""
     port = free_port()
     command = [sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--port", str(port),
-               "--embed-latency", str(latency), "--embed-jitter", str(jitter)]  # fmt: skip
+               "--embed-latency", str(latency), "--embed-jitter", str(jitter),
+               "--chat-token-delay", str(chat_token_delay)]  # fmt: skip
     if rpm:
         command += ["--rpm", str(rpm), "--retry-after", "1"]
     with _process(command, port):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from langchain_core.output_parsers import StrOutputParser
 
-from rag.errors import ModelUnavailable
+from rag.errors import ModelUnavailable, RagError, StoreUnavailable
 from rag.retrieval import Hit, SearchOptions, retrieve
 
 if TYPE_CHECKING:
@@ -125,6 +125,14 @@ def describe_llm_error(error: BaseException, where: str) -> str:
     return f"the chat model at {where} failed: {first}"
 
 
+def describe_retrieval_error(error: BaseException) -> RagError:
+    """One line for a failed search: the embedding endpoint or Milvus, whichever it was."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if type(error).__module__.startswith(("openai", "httpx")):
+        return ModelUnavailable(f"the embedding model failed while searching: {first}")
+    return StoreUnavailable(f"searching Milvus failed: {first}")
+
+
 class RagChain:
     """Answer questions from a Milvus store with any LangChain chat model."""
 
@@ -169,7 +177,12 @@ class RagChain:
         standalone = await self.condense(question, history)
         yield Condensed(standalone)
         started = time.perf_counter()
-        hits = await retrieve(self.store, standalone, options)
+        try:
+            hits = await retrieve(self.store, standalone, options)
+        except RagError:
+            raise
+        except Exception as error:
+            raise describe_retrieval_error(error) from error
         relevant_hits = [h for h in hits if h.score >= self.relevance_floor]
         yield Retrieved(hits, bool(relevant_hits), time.perf_counter() - started)
         if not relevant_hits:
@@ -189,7 +202,9 @@ class RagChain:
             message = describe_llm_error(error, self.llm_name)
             if parts:
                 raise AnswerInterrupted(
-                    f"{message} (the answer was cut off)", "".join(parts)
+                    f"the chat model at {self.llm_name} stopped mid-answer: "
+                    f"{type(error).__name__} (the answer was cut off)",
+                    "".join(parts),
                 ) from error
             raise ModelUnavailable(message) from error
         yield Answer(question, standalone, "".join(parts).strip(), relevant_hits)

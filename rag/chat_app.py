@@ -168,7 +168,9 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
                 if outcome and outcome.status == "failed":
                     lines.append(f"❌ {element.name}: {outcome.reason}")
                 else:
-                    lines.append(f"✅ {stored.name}: {report.chunks_written} passages added")
+                    count = report.chunks_written
+                    noun = "passage" if count == 1 else "passages"
+                    lines.append(f"✅ {stored.name}: {count} {noun} added")
             except RagError as error:
                 lines.append(f"❌ {error}")
         step.output = "\n".join(lines) or "No files received."
@@ -199,7 +201,12 @@ async def _message(message: cl.Message) -> None:
     question = message.content.strip()
     if not question:
         return
-    history: list[tuple[str, str]] = cl.user_session.get("history") or []
+    # (message id, role, text); an edited question replaces its turn and everything after.
+    turns: list[tuple[str, str, str]] = cl.user_session.get("history") or []
+    ids = [turn[0] for turn in turns]
+    if message.id in ids:
+        turns = turns[: ids.index(message.id)]
+    history = [(role, text) for _, role, text in turns]
     options: SearchOptions = cl.user_session.get("options") or helper.default_options()
     reply = cl.Message(content="")
     started = time.perf_counter()
@@ -229,12 +236,15 @@ async def _message(message: cl.Message) -> None:
                     f"{event.text}\n\n**{title}**\n{listing}" if event.hits else event.text
                 )
                 reply.elements = elements  # type: ignore[assignment]
-                history.extend([("user", question), ("assistant", event.text)])
-                cl.user_session.set("history", history[-12:])
+                turns += [(message.id, "user", question), (message.id, "assistant", event.text)]
+                cl.user_session.set("history", turns[-12:])
     except AnswerInterrupted as error:
         reply.content = f"{error.partial}\n\n⚠️ {error}"
     except RagError as error:
         reply.content = (reply.content + "\n\n" if reply.content else "") + f"⚠️ {error}"
+    except Exception as error:  # never leave a question without a reply
+        log.exception("unexpected error while answering")
+        reply.content = f"⚠️ something went wrong ({type(error).__name__}); please try again."
     log.info("answered in %.2f s", time.perf_counter() - started)
     with contextlib.suppress(Exception):
         await reply.send()

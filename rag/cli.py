@@ -221,9 +221,7 @@ def ui(
     from rag.welcome import PROJECT_ROOT, prepare_app_root
 
     settings = _settings(collection=collection)
-    env = dict(os.environ)
-    if collection:
-        env["RAG_COLLECTION"] = collection
+    env = dict(os.environ) | settings.to_env()
     # Chainlit runs from the app root (where chainlit.md is): pin relative paths first.
     if settings.milvus_is_local:
         env["RAG_MILVUS_URI"] = str(settings.milvus_path.resolve())

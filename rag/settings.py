@@ -117,6 +117,18 @@ class Settings(BaseSettings):
     def milvus_path(self) -> Path:
         return Path(self.milvus_uri).expanduser()
 
+    def to_env(self) -> dict[str, str]:
+        """The effective settings as RAG_* variables, so a child process (the chat UI,
+        started from another folder) sees exactly what this process loaded, .env included."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
+
     def public_view(self) -> dict[str, object]:
         """The effective configuration with every secret masked, for `rag doctor` and logs."""
         view: dict[str, object] = {}
