@@ -114,8 +114,8 @@ async def measure(settings: Settings, folder: Path) -> dict[str, float]:
     dim = len(await services.embeddings.aembed_query("probe"))
     vectors = rng.normal(size=(len(texts), dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    meta = dict.fromkeys(("source", "title", "section", "content_hash", "file_hash",
-                          "ingested_at"), "x") | {"page": 0, "chunk_index": 0, "chunk_count": 1}  # fmt: skip
+    text_fields = ("source", "title", "section", "content_hash", "file_hash", "ingested_at")
+    meta = dict.fromkeys(text_fields, "x") | {"page": 0, "chunk_index": 0, "chunk_count": 1}
     rows = [{"pk": f"p{i}", "text": t, "vector": vectors[i].tolist(), **meta}
             for i, t in enumerate(texts)]  # fmt: skip
     started = time.perf_counter()
