@@ -1,0 +1,113 @@
+"""Part 5: search latency against collection size on Milvus Lite, before and after a flush.
+
+Milvus Lite searches rows that are not yet flushed by brute force, so the same
+collection answers much faster once flushed; the ingest pipeline flushes at its
+end for that reason. Vectors are random and normalised (384 dimensions), written
+straight through the client so the measurement is only about search.
+
+    python -m bench.retrieval_latency [--quick] [--sizes 10000,100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rag.embeddings import LocalMiniLMEmbeddings
+from rag.settings import load_settings
+from rag.store import open_store
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DIM = 384
+QUERIES = 50
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def latencies(store, vectors: np.ndarray) -> list[float]:  # type: ignore[no-untyped-def]
+    out = []
+    for vector in vectors:
+        started = time.perf_counter()
+        await store.asimilarity_search_with_score_by_vector(vector.tolist(), k=4)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def measure(size: int) -> dict[str, float | str]:
+    folder = Path(tempfile.mkdtemp(prefix="rag-latency-"))
+    try:
+        settings = load_settings(milvus_uri=str(folder / "m.db"), collection="latency")
+        store = await asyncio.to_thread(open_store, settings, LocalMiniLMEmbeddings(), DIM)
+        rng = np.random.default_rng(size)
+        text_fields = ("source", "title", "section", "content_hash", "file_hash", "ingested_at")
+        meta = dict.fromkeys(text_fields, "x") | {"page": 0, "chunk_index": 0, "chunk_count": 1}
+        for start in range(0, size, 5000):
+            vectors = rng.normal(size=(min(5000, size - start), DIM)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            rows = [{"pk": f"p{start + i}", "text": "x", "vector": v.tolist(), **meta}
+                    for i, v in enumerate(vectors)]  # fmt: skip
+            await store.aclient.insert("latency", rows)
+        queries = rng.normal(size=(QUERIES, DIM)).astype(np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        before = await latencies(store, queries)
+        await asyncio.to_thread(store.client.flush, "latency")
+        after = await latencies(store, queries)
+        index = store.client.describe_index("latency", "vector")
+        return {
+            "rows": size,
+            "index": f"{index.get('index_type')}/{index.get('metric_type')}",
+            "before_p50": statistics.median(before),
+            "before_p95": percentile(before, 0.95),
+            "after_p50": statistics.median(after),
+            "after_p95": percentile(after, 0.95),
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 rows")
+    parser.add_argument("--sizes", default="10000,100000")
+    args = parser.parse_args()
+    sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    results = [asyncio.run(measure(size)) for size in sizes]
+    table = Table(title="Search latency on Milvus Lite (ms, k=4)")
+    lines = ["| rows | index | before flush p50 / p95 | after flush p50 / p95 | speed-up p50 |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for column in ("rows", "index", "before p50/p95", "after p50/p95", "speed-up p50"):
+        table.add_column(column, justify="right")
+    for r in results:
+        cells = [f"{r['rows']:,}", str(r["index"]),
+                 f"{r['before_p50']:.1f} / {r['before_p95']:.1f}",
+                 f"{r['after_p50']:.1f} / {r['after_p95']:.1f}",
+                 f"{float(r['before_p50']) / float(r['after_p50']):.1f}×"]  # fmt: skip
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    Console().print(table)
+    RESULTS.mkdir(exist_ok=True)
+    command = "python -m bench.retrieval_latency" + (" --quick" if args.quick else "")
+    (RESULTS / "retrieval_latency.md").write_text(
+        f"## Search latency vs collection size\n\nCommand: `{command}`\n\n"
+        + "\n".join(lines)
+        + "\n",
+        encoding="utf-8",
+    )
+    (RESULTS / "retrieval_latency.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
