@@ -252,6 +252,22 @@ def ui(
 
 
 @app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small sizes: a few minutes on 2 cores.")] = False,
+) -> None:
+    """Run the benchmarks in bench/ side by side and write bench/results/."""
+    import subprocess
+
+    from rag.welcome import PROJECT_ROOT
+
+    if not (PROJECT_ROOT / "bench").is_dir():
+        errors.print("[bold red]error[/]: bench/ is only in a source checkout of the project")
+        raise typer.Exit(2)
+    command = [sys.executable, "-m", "bench", *(["--quick"] if quick else [])]
+    raise typer.Exit(subprocess.call(command, cwd=PROJECT_ROOT))
+
+
+@app.command()
 def doctor(collection: CollectionOption = None) -> None:
     """Print the effective configuration (secrets masked) and check each service answers."""
     from rag.doctor import run_checks
