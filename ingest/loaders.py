@@ -60,10 +60,23 @@ def _detect_encoding(sample: bytes, path: Path) -> tuple[str, str | None]:
         pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(sample).best()
+    matches = from_bytes(sample)
+    best = matches.best()
     if best is None or best.encoding is None:
         raise LoadError("not valid UTF-8 and no other text encoding fits")
-    return best.encoding, f"not valid UTF-8; decoded as {best.encoding}"
+    encoding = best.encoding
+    # On short Western text charset-normalizer ranks the single-byte Latin code pages
+    # almost at random (French as cp1250, Dutch as cp1257: "crème" -> "crčme"). Windows-1252,
+    # the usual legacy encoding (and a superset of Latin-1's letters), wins whenever it
+    # fits at least as well; Cyrillic, Greek, CJK... never list it as a candidate.
+    if any(
+        "cp1252" in match.could_be_from_charset
+        and match.chaos <= best.chaos + 0.1
+        and match.coherence >= best.coherence
+        for match in matches
+    ):
+        encoding = "cp1252"
+    return encoding, f"not valid UTF-8; decoded as {encoding}"
 
 
 def _read_text_blocks(path: Path, encoding: str) -> Iterator[Part]:
@@ -79,6 +92,12 @@ def _read_text_blocks(path: Path, encoding: str) -> Iterator[Part]:
                 raise LoadError(f"invalid {encoding} near byte {offset + error.start}") from None
             offset += len(block)
             cut = pending.rfind("\n")
+            if cut <= 0 and len(pending) >= BLOCK_SIZE:
+                # No line end in a whole block (one huge line, old Mac "\r" line ends):
+                # cut at the last space or CR, else anywhere, so memory stays bounded.
+                cut = max(pending.rfind(" "), pending.rfind("\r"))
+                if cut <= 0:
+                    cut = len(pending) - 1
             if cut > 0:
                 yield Part(pending[: cut + 1])
                 pending = pending[cut + 1 :]
@@ -125,6 +144,8 @@ def load_pdf(path: Path) -> LoadedFile:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as error:
         raise LoadError(f"corrupt or unreadable PDF ({error})") from None
+    except Exception as error:  # damaged files also raise NotImplementedError, AttributeError...
+        raise LoadError(f"corrupt or unreadable PDF ({type(error).__name__}: {error})") from None
     if not any(p.text.strip() for p in pages):
         raise LoadError("PDF has no extractable text (scanned images need OCR first)")
     return LoadedFile(str(meta_title or path.stem), False, lambda: iter(pages))
@@ -164,12 +185,19 @@ def load_docx(path: Path) -> LoadedFile:
         raise LoadError(f"corrupt or unreadable DOCX ({error})") from None
     except Exception as error:  # zipfile.BadZipFile and lxml errors for damaged files
         raise LoadError(f"corrupt or unreadable DOCX ({type(error).__name__}: {error})") from None
+    from docx.table import Table
+
     lines: list[str] = []
-    for paragraph in document.paragraphs:
-        text = paragraph.text.strip()
+    # In document order, so a table stays under its heading (and in that section's chunks).
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            for row in block.rows:
+                lines.append(" | ".join(cell.text.strip() for cell in row.cells))
+            continue
+        text = block.text.strip()
         if not text:
             continue
-        style = (paragraph.style.name if paragraph.style is not None else "") or ""
+        style = (block.style.name if block.style is not None else "") or ""
         level = re.match(r"Heading (\d)", style)
         if style == "Title":
             lines.append(f"# {text}")
@@ -177,9 +205,6 @@ def load_docx(path: Path) -> LoadedFile:
             lines.append(f"{'#' * min(int(level.group(1)) + 1, 6)} {text}")
         else:
             lines.append(text)
-    for table in document.tables:
-        for row in table.rows:
-            lines.append(" | ".join(cell.text.strip() for cell in row.cells))
     text = "\n\n".join(lines)
     title = document.core_properties.title or _markdown_title(text) or path.stem
     return LoadedFile(title, True, lambda: iter([Part(text)]))
@@ -203,8 +228,9 @@ def load(path: Path, max_bytes: int) -> LoadedFile:
             raise LoadError("file disappeared or is a broken link")
         size = path.stat().st_size
         if size > max_bytes:
+            mib = 1024 * 1024
             raise LoadError(
-                f"{size / 1e6:.0f} MB is above the limit of {max_bytes / 1e6:.0f} MB "
+                f"{size / mib:.3g} MB is above the limit of {max_bytes / mib:.3g} MB "
                 "(raise RAG_MAX_FILE_MB to allow it)"
             )
         loader = LOADERS.get(path.suffix.lower(), lambda p: load_text(p, markdown=False))

@@ -222,6 +222,11 @@ class Pipeline:
         chunks = await asyncio.to_thread(_materialise_or_count, self.splitter, loaded)
         total = chunks if isinstance(chunks, int) else len(chunks)
         if total == 0:
+            if stored.rows:
+                # The file was emptied: its old chunks no longer say anything it says.
+                await self._retry(
+                    records.delete_where, self.store, records.source_expr(found.source)
+                )
             self._outcome(
                 FileOutcome(found.source, "skipped", reason="no text to index (empty file)")
             )
@@ -343,14 +348,22 @@ class Pipeline:
 def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | int:
     """Small files: the chunk list. Huge streamed files: only the count (a cheap first pass),
     because every row records the file's chunk count before the file is fully read."""
-    from ingest.loaders import LoadedFile
+    from ingest.loaders import STREAM_THRESHOLD, LoadedFile
 
     assert isinstance(loaded, LoadedFile)
     stream = splitter.chunks(loaded)
-    first = list(itertools.islice(stream, 5000))
-    if len(first) < 5000:
-        return first
-    return len(first) + sum(1 for _ in stream)
+    first: list[Chunk] = []
+    held = 0
+    for chunk in stream:
+        first.append(chunk)
+        held += len(chunk.text)
+        # Bounded by characters, not chunks: 5000 chunks of 4000 characters would keep
+        # 20 MB of a streamed file in memory.
+        if held > STREAM_THRESHOLD:
+            counted = len(first)
+            first.clear()
+            return counted + sum(1 for _ in stream)
+    return first
 
 
 def _explain(error: BaseException, settings: Settings) -> RagError:

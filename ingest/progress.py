@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -66,14 +67,16 @@ class ConsoleReporter:
     def file_done(self, outcome: FileOutcome) -> None:
         if outcome.status != "removed":
             self._progress.advance(self._task)
+        # File names and reasons are data, not markup: "report[final].md" must print as is.
+        source = escape(outcome.source)
         if outcome.status in ("failed", "skipped"):
             self.console.print(
-                f"[{STYLE[outcome.status]}]{outcome.status}[/]: {outcome.source}: {outcome.reason}",
+                f"[{STYLE[outcome.status]}]{outcome.status}[/]: {source}: {escape(outcome.reason)}",
                 highlight=False,
             )
         elif not self.live or outcome.status == "removed":
             self.console.print(
-                f"{outcome.status}: {outcome.source} ({outcome.chunks} chunks)", highlight=False
+                f"{outcome.status}: {source} ({outcome.chunks} chunks)", highlight=False
             )
 
     def chunks_written(self, count: int) -> None:
@@ -83,7 +86,7 @@ class ConsoleReporter:
         self._progress.update(self._task, chunks=self.chunks, rate=rate)
 
     def note(self, source: str, message: str) -> None:
-        self.console.print(f"[yellow]note[/]: {source}: {message}", highlight=False)
+        self.console.print(f"[yellow]note[/]: {escape(source)}: {escape(message)}", highlight=False)
 
 
 def summary_table(report: IngestReport) -> Table:
