@@ -11,9 +11,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from rag.errors import RagError
+from rag.errors import RagError, SourceNotFound
 from rag.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -32,13 +34,18 @@ CollectionOption = Annotated[
 ]
 
 
+def _fail(error: RagError) -> typer.Exit:
+    """Print a user-facing error as one line (escaped: messages hold paths like a[1].md)."""
+    errors.print(f"[bold red]error[/]: {escape(str(error))}", highlight=False, soft_wrap=True)
+    return typer.Exit(error.exit_code)
+
+
 def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine, turning user-facing errors into one line and an exit code."""
     try:
         return asyncio.run(make())
     except RagError as error:
-        errors.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(error.exit_code) from None
+        raise _fail(error) from None
     except KeyboardInterrupt:
         errors.print("interrupted: nothing is lost; run the same command again to finish")
         raise typer.Exit(130) from None
@@ -48,8 +55,7 @@ def _settings(**overrides: object) -> Settings:
     try:
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except RagError as error:
-        errors.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(error.exit_code) from None
+        raise _fail(error) from None
 
 
 @app.callback()
@@ -91,6 +97,8 @@ def ingest(
     from rag.services import open_services
 
     settings = _settings(collection=collection)
+    if not path.expanduser().exists():
+        raise _fail(SourceNotFound(f"no such file or folder: {path}"))
 
     async def go() -> bool:
         services = await open_services(settings, recreate=recreate)
@@ -126,7 +134,7 @@ def search(
     async def go() -> None:
         services = await open_services(settings)
         hits = await services.store.asimilarity_search_with_score(query, k=k)
-        table = Table(title=f"Top {k} for: {query}", show_lines=True)
+        table = Table(title=Text(f"Top {k} for: {query}"), show_lines=True)
         for column in ("#", "score", "source", "page", "passage"):
             table.add_column(column)
         for number, (doc, score) in enumerate(hits, 1):
@@ -134,9 +142,9 @@ def search(
             table.add_row(
                 str(number),
                 f"{score:.3f}",
-                str(meta.get("source", "")),
+                Text(str(meta.get("source", ""))),
                 str(meta.get("page") or ""),
-                doc.page_content[:300],
+                Text(doc.page_content[:300]),
             )
         console.print(table)
 
@@ -199,7 +207,7 @@ def ask(
     for number, hit in enumerate(answer.hits, 1):
         table.add_row(
             f"[{number}]",
-            hit.source,
+            Text(hit.source),
             str(hit.page or ""),
             f"{hit.score:.3f}",
             "yes" if number in answer.cited else "",
@@ -236,8 +244,7 @@ def ui(
             try:
                 env["RAG_LLM_BASE_URL"] = server.start()
             except RagError as error:
-                errors.print(f"[bold red]error[/]: {error}", highlight=False, soft_wrap=True)
-                raise typer.Exit(error.exit_code) from None
+                raise _fail(error) from None
             env["RAG_LLM_MODEL"] = LOCAL_MODEL_NAME
         console.print(f"[bold green]chat UI:[/] http://{host}:{port}", highlight=False)
         target = str(PROJECT_ROOT / "rag" / "chat_app.py")
@@ -275,13 +282,13 @@ def doctor(collection: CollectionOption = None) -> None:
     settings = _settings(collection=collection)
     table = Table(title="Configuration", show_header=False)
     for name, value in settings.public_view().items():
-        table.add_row(f"RAG_{name.upper()}", str(value))
+        table.add_row(f"RAG_{name.upper()}", Text(str(value)))
     console.print(table)
     results = _run(lambda: run_checks(settings))
     failed = False
     for name, ok, detail in results:
         mark = "[green]ok[/]" if ok else "[bold red]FAIL[/]"
-        console.print(f"{mark}  {name}: {detail}", highlight=False, soft_wrap=True)
+        console.print(f"{mark}  {name}: {escape(detail)}", highlight=False, soft_wrap=True)
         failed |= not ok
     if failed:
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ inside a Milvus or OpenAI call.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -85,10 +86,22 @@ class Settings(BaseSettings):
 
     @field_validator("milvus_uri")
     @classmethod
-    def _uri_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _valid_uri(cls, value: str) -> str:
+        """A Milvus Lite file (``*.db``) or a server URL, caught here rather than at connect."""
+        value = value.strip()
+        if not value:
             raise ValueError("must not be empty")
-        return value.strip()
+        if "://" in value:
+            scheme = value.split("://", 1)[0].lower()
+            if scheme not in ("http", "https", "tcp", "unix"):
+                raise ValueError(
+                    f"unknown scheme {scheme}://; use http(s)://host:19530 or a path ending in .db"
+                )
+        elif re.fullmatch(r"[\w.-]+:\d+", value):
+            raise ValueError(f"looks like host:port; write http://{value}")
+        elif not value.endswith(".db"):
+            raise ValueError("a Milvus Lite path must end in .db (for example ./data/milvus.db)")
+        return value
 
     @field_validator("embedding_base_url", "llm_base_url")
     @classmethod

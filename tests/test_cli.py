@@ -195,11 +195,6 @@ def test_file_names_with_brackets_are_printed_as_they_are(
     assert "failed: scan[v2].txt: binary content (NUL bytes) in a text file" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rag/cli.py prints RagError messages as rich markup, so '[...]' in a path or "
-    "message is swallowed (and '[/]' would raise MarkupError); escape the message",
-)
 def test_error_message_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
     missing = tmp_path / "docs[draft]"
     result = run_rag(
@@ -209,11 +204,6 @@ def test_error_message_with_brackets_is_printed_verbatim(tmp_path: Path) -> None
     assert result.stderr.strip() == f"error: no such file or folder: {missing}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rag/cli.py `search` adds passages to a rich Table as markup: Markdown link text "
-    "'[the manual](...)' disappears, and a passage containing '[/]' crashes with MarkupError",
-)
 async def test_search_shows_markdown_links_verbatim(
     open_env: OpenEnv, fake_openai: FakeServer, tmp_path: Path
 ) -> None:

@@ -192,12 +192,6 @@ def test_cli_ingest_with_bad_variable_exits_with_one_line(
     assert not (tmp_path / "m.db").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rag/settings.py does not validate RAG_MILVUS_URI: a wrong scheme or a local path "
-    "without .db passes and fails later at connect (StoreUnavailable, exit 3) instead of a "
-    "ConfigError naming the variable",
-)
 @pytest.mark.parametrize("uri", ["htp://localhost:19530", "localhost:19530", "./data/milvus"])
 def test_malformed_milvus_uri_is_a_config_error(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
     monkeypatch.setenv("RAG_MILVUS_URI", uri)
