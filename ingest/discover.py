@@ -49,7 +49,7 @@ def discover(
     if root.is_file():
         base = root.resolve().parent
         single = FoundFile(root.resolve(), root.name)
-        return base, iter([single] if _wanted(single.source, include, exclude) else [])
+        return base, iter([single] if wanted(single.source, include, exclude) else [])
     if not root.is_dir():
         raise SourceNotFound(f"not a file or folder: {root}")
     base = root.resolve()
@@ -61,7 +61,8 @@ def is_single_file(root: Path) -> bool:
     return root.expanduser().is_file()
 
 
-def _wanted(source: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+def wanted(source: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether a source path is selected by the globs (or, with none, by its suffix)."""
     if exclude and _matches(source, exclude):
         return False
     if include:
@@ -77,5 +78,5 @@ def _walk(base: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterato
                 continue
             path = Path(folder, name)
             source = path.relative_to(base).as_posix()
-            if _wanted(source, include, exclude):
+            if wanted(source, include, exclude):
                 yield FoundFile(path, source)

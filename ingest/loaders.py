@@ -130,6 +130,12 @@ def _markdown_title(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _clean_pdf_text(text: str) -> str:
+    """Bullets drawn with symbol fonts come out as private-use code points (shown as
+    boxes); make them plain bullets."""
+    return re.sub("[\ue000-\uf8ff]", "•", text)
+
+
 def load_pdf(path: Path) -> LoadedFile:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
@@ -138,7 +144,10 @@ def load_pdf(path: Path) -> LoadedFile:
         reader = PdfReader(path)
         if reader.is_encrypted:
             raise LoadError("encrypted PDF (remove the password first)")
-        pages = [Part(page.extract_text() or "", page=i) for i, page in enumerate(reader.pages, 1)]
+        pages = [
+            Part(_clean_pdf_text(page.extract_text() or ""), page=i)
+            for i, page in enumerate(reader.pages, 1)
+        ]
         meta_title = (reader.metadata.title if reader.metadata else None) or None
     except LoadError:
         raise
@@ -149,6 +158,10 @@ def load_pdf(path: Path) -> LoadedFile:
     if not any(p.text.strip() for p in pages):
         raise LoadError("PDF has no extractable text (scanned images need OCR first)")
     return LoadedFile(str(meta_title or path.stem), False, lambda: iter(pages))
+
+
+BLOCK_TAGS = ["p", "div", "br", "tr", "li", "dt", "dd", "pre", "blockquote", "section",
+              "article", "table", "ul", "ol", "dl", "main", "aside", "figcaption"]  # fmt: skip
 
 
 def load_html(path: Path) -> LoadedFile:
@@ -168,8 +181,12 @@ def load_html(path: Path) -> LoadedFile:
             heading.replace_with(f"\n\n{'#' * level} {heading.get_text(' ', strip=True)}\n\n")
     for item in soup.find_all("li"):
         item.insert_before("\n- ")
+    # Line breaks only after block elements: get_text("\n") would also break lines
+    # around inline tags ("founded in <b>2017</b> in Delft").
+    for block in soup.find_all(BLOCK_TAGS):
+        block.append("\n")
     body = soup.body or soup
-    text = re.sub(r"\n\s*\n+", "\n\n", body.get_text("\n"))
+    text = re.sub(r"\n\s*\n+", "\n\n", body.get_text())
     text = re.sub(r"[ \t]+", " ", text).strip()
     title = soup.title.get_text(strip=True) if soup.title else None
     return LoadedFile(title or _markdown_title(text) or path.stem, True, lambda: iter([Part(text)]))

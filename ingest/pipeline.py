@@ -22,11 +22,12 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from ingest import records
-from ingest.discover import FoundFile, discover, is_single_file
+from ingest.discover import FoundFile, discover, is_single_file, wanted
 from ingest.loaders import LoadError, load
 from ingest.split import Chunk, Splitter
 from rag.errors import IngestFailed, ModelUnavailable, RagError, StoreUnavailable
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 Status = Literal["added", "updated", "unchanged", "removed", "skipped", "failed"]
 PREPARERS = 2  # loading/splitting is cheap next to embedding; two overlap disk and CPU
+UPLOADS_PREFIX = "uploads/"  # sources added through the chat UI
+MATERIALISE_LIMIT = 1024 * 1024  # characters of chunks held before a file is streamed
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,34 @@ class _FileJob:
 
 
 @dataclass(frozen=True)
-class _Batch:
+class _Piece:
+    """Up to batch_size consecutive chunks of one file."""
+
     job: _FileJob
     documents: list[Document]
     ids: list[str]
+
+
+@dataclass
+class _Batch:
+    """Chunks of one or more files written by one aadd_documents call.
+
+    Small files would otherwise each make a small call: with 20-chunk files and a
+    remote embedding API, per-file batches tripled the number of requests.
+    """
+
+    pieces: list[_Piece] = field(default_factory=list)
+
+    @property
+    def documents(self) -> list[Document]:
+        return [d for p in self.pieces for d in p.documents]
+
+    @property
+    def ids(self) -> list[str]:
+        return [i for p in self.pieces for i in p.ids]
+
+    def __len__(self) -> int:
+        return sum(len(p.ids) for p in self.pieces)
 
 
 def _permanent(error: BaseException) -> bool:
@@ -123,6 +150,7 @@ class Pipeline:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         keep_missing: bool = False,
+        source_prefix: str = "",
         retry_attempts: int = 5,
         retry_max_wait: float = 8.0,
     ) -> None:
@@ -131,6 +159,7 @@ class Pipeline:
         self.reporter = reporter or SilentReporter()
         self.include, self.exclude = include, exclude
         self.keep_missing = keep_missing
+        self.source_prefix = source_prefix
         self.retry_attempts = retry_attempts
         self.retry_max_wait = retry_max_wait
         self.splitter = Splitter(settings.chunk_size, settings.chunk_overlap)
@@ -141,10 +170,16 @@ class Pipeline:
         started = time.perf_counter()
         _base, walk = await asyncio.to_thread(discover, root, self.include, self.exclude)
         single_file = await asyncio.to_thread(is_single_file, root)
-        found = await asyncio.to_thread(list, walk)
+        found = [
+            FoundFile(f.path, self.source_prefix + f.source)
+            for f in await asyncio.to_thread(list, walk)
+        ]
         self.reporter.files_found(len(found))
         files: asyncio.Queue[FoundFile | None] = asyncio.Queue()
-        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency * 2)
+        # Short queues: enough to keep every writer busy, little enough that a slow
+        # embedding stage holds only a few batches of text in memory (backpressure).
+        pieces: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=self.settings.concurrency)
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         for item in found:
             files.put_nowait(item)
         for _ in range(PREPARERS):
@@ -153,20 +188,20 @@ class Pipeline:
         writers = [
             asyncio.create_task(self._writer(batches)) for _ in range(self.settings.concurrency)
         ]
+        batcher = asyncio.create_task(self._batcher(pieces, batches, len(writers)))
         preparers = [
-            asyncio.create_task(self._preparer(files, batches, jobs)) for _ in range(PREPARERS)
+            asyncio.create_task(self._preparer(files, pieces, jobs)) for _ in range(PREPARERS)
         ]
         try:
             # A writer that gives up (Milvus down past all retries) ends the run at once.
-            await self._wait(preparers, writers)
-            for _ in writers:
-                await batches.put(None)
-            await asyncio.gather(*writers)
+            await self._wait(preparers, [batcher, *writers])
+            await pieces.put(None)
+            await self._wait([batcher, *writers], [])
             await asyncio.gather(*(self._finish(job) for job in jobs))
         finally:
-            for task in (*preparers, *writers):
+            for task in (*preparers, batcher, *writers):
                 task.cancel()
-            await asyncio.gather(*preparers, *writers, return_exceptions=True)
+            await asyncio.gather(*preparers, batcher, *writers, return_exceptions=True)
         if not self.keep_missing and not single_file:
             await self._remove_missing({f.source for f in found})
         await asyncio.to_thread(self._flush)
@@ -174,11 +209,11 @@ class Pipeline:
         return self.report
 
     async def _wait(
-        self, preparers: list[asyncio.Task[None]], writers: list[asyncio.Task[None]]
+        self, awaited: list[asyncio.Task[None]], watched: list[asyncio.Task[None]]
     ) -> None:
-        """Wait for the preparers, but surface a writer's failure the moment it happens."""
-        pending = set(preparers) | set(writers)
-        while any(not p.done() for p in preparers):
+        """Wait for ``awaited``, but surface any task's failure the moment it happens."""
+        pending = set(awaited) | set(watched)
+        while any(not p.done() for p in awaited):
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is not None:
@@ -191,12 +226,12 @@ class Pipeline:
     async def _preparer(
         self,
         files: asyncio.Queue[FoundFile | None],
-        batches: asyncio.Queue[_Batch | None],
+        pieces: asyncio.Queue[_Piece | None],
         jobs: list[_FileJob],
     ) -> None:
         while (found := await files.get()) is not None:
             try:
-                job = await self._prepare(found, batches)
+                job = await self._prepare(found, pieces)
             except LoadError as error:
                 self._outcome(FileOutcome(found.source, "failed", reason=str(error)))
                 continue
@@ -204,7 +239,7 @@ class Pipeline:
                 jobs.append(job)
 
     async def _prepare(
-        self, found: FoundFile, batches: asyncio.Queue[_Batch | None]
+        self, found: FoundFile, pieces: asyncio.Queue[_Piece | None]
     ) -> _FileJob | None:
         """Decide what a file needs and queue its batches; None when nothing is to write."""
         try:
@@ -256,7 +291,7 @@ class Pipeline:
             ids = [records.chunk_id(found.source, digest, i) for i, _ in piece]
             job.pending += 1
             job.chunks += len(docs)
-            await batches.put(_Batch(job, docs, ids))
+            await pieces.put(_Piece(job, docs, ids))
         job.all_queued = True
         if job.pending == 0:
             job.done.set()
@@ -280,14 +315,47 @@ class Pipeline:
             },
         )
 
+    async def _batcher(
+        self,
+        pieces: asyncio.Queue[_Piece | None],
+        batches: asyncio.Queue[_Batch | None],
+        writers: int,
+    ) -> None:
+        """Merge pieces of several files into batches of up to batch_size chunks.
+
+        A partial batch waits for more only while more is arriving: if nothing comes
+        within a moment it is sent, so a slow loader never holds chunks back.
+        """
+        batch = _Batch()
+        while True:
+            try:
+                timeout = 0.05 if batch.pieces else None
+                piece = await asyncio.wait_for(pieces.get(), timeout)
+            except TimeoutError:
+                await batches.put(batch)
+                batch = _Batch()
+                continue
+            if piece is None:
+                break
+            if batch.pieces and len(batch) + len(piece.ids) > self.settings.batch_size:
+                await batches.put(batch)
+                batch = _Batch()
+            batch.pieces.append(piece)
+        if batch.pieces:
+            await batches.put(batch)
+        for _ in range(writers):
+            await batches.put(None)
+
     async def _writer(self, batches: asyncio.Queue[_Batch | None]) -> None:
         while (batch := await batches.get()) is not None:
             await self._write(batch)
-            batch.job.pending -= 1
-            self.report.chunks_written += len(batch.documents)
-            self.reporter.chunks_written(len(batch.documents))
-            if batch.job.all_queued and batch.job.pending == 0:
-                batch.job.done.set()
+            count = len(batch)
+            self.report.chunks_written += count
+            self.reporter.chunks_written(count)
+            for piece in batch.pieces:
+                piece.job.pending -= 1
+                if piece.job.all_queued and piece.job.pending == 0:
+                    piece.job.done.set()
 
     async def _write(self, batch: _Batch) -> None:
         attempt = 0
@@ -308,7 +376,8 @@ class Pipeline:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.retry_attempts),
-                wait=wait_exponential_jitter(initial=0.5, max=self.retry_max_wait),
+                wait=wait_exponential(multiplier=0.5, max=self.retry_max_wait)
+                + wait_random(0, 0.5),
                 retry=retry_if_exception(lambda e: not _permanent(e)),
                 reraise=True,
             ):
@@ -332,8 +401,23 @@ class Pipeline:
         self._outcome(FileOutcome(job.found.source, job.status, job.chunks))
 
     async def _remove_missing(self, present: set[str]) -> None:
+        """Remove sources no longer in the folder, within this run's scope only.
+
+        Scope: sources under this run's prefix that the include/exclude globs select
+        (``--include "*.pdf"`` must not remove the Markdown files), never files added
+        through the chat (under ``uploads/``) from a folder run, and nothing at all
+        when the folder turned out empty, which is more often a wrong path than intent.
+        """
+        if not present:
+            self.reporter.note("(folder)", "no files found, so nothing was removed")
+            return
         stored = await self._retry(records.stored_sources, self.store)
+        prefix = self.source_prefix
         for source in sorted(stored - present):
+            if not source.startswith(prefix) or (not prefix and source.startswith(UPLOADS_PREFIX)):
+                continue
+            if not wanted(source[len(prefix) :], self.include, self.exclude):
+                continue
             await self._retry(records.delete_where, self.store, records.source_expr(source))
             self._outcome(FileOutcome(source, "removed"))
 
@@ -348,7 +432,7 @@ class Pipeline:
 def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | int:
     """Small files: the chunk list. Huge streamed files: only the count (a cheap first pass),
     because every row records the file's chunk count before the file is fully read."""
-    from ingest.loaders import STREAM_THRESHOLD, LoadedFile
+    from ingest.loaders import LoadedFile
 
     assert isinstance(loaded, LoadedFile)
     stream = splitter.chunks(loaded)
@@ -358,8 +442,8 @@ def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | i
         first.append(chunk)
         held += len(chunk.text)
         # Bounded by characters, not chunks: 5000 chunks of 4000 characters would keep
-        # 20 MB of a streamed file in memory.
-        if held > STREAM_THRESHOLD:
+        # 20 MB of a streamed file in memory, on top of the batches in flight.
+        if held > MATERIALISE_LIMIT:
             counted = len(first)
             first.clear()
             return counted + sum(1 for _ in stream)

@@ -20,7 +20,7 @@ from typing import Any
 import chainlit as cl
 from chainlit.input_widget import Select, Slider, Switch
 
-from ingest.pipeline import ingest_path
+from ingest.pipeline import UPLOADS_PREFIX, ingest_path
 from rag.assistant import Assistant, open_assistant
 from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
 from rag.errors import RagError
@@ -163,7 +163,10 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
                     Path(element.path),
                     int(settings.upload_max_mb * 1024 * 1024),
                 )
-                report = await ingest_path(stored, helper.services.store, settings)
+                # Stored as uploads/<name>, which folder ingests never remove.
+                report = await ingest_path(
+                    stored, helper.services.store, settings, source_prefix=UPLOADS_PREFIX
+                )
                 outcome = report.outcomes[0] if report.outcomes else None
                 if outcome and outcome.status == "failed":
                     lines.append(f"❌ {element.name}: {outcome.reason}")

@@ -366,7 +366,7 @@ async def test_uploaded_file_is_ingested_then_answered_from(chat_ui: ChatUI) -> 
         report, _answer = turn.assistant_messages()[:2]
         assert report["output"].startswith("✅ heron.txt"), trace
         assert "42 kilometres" in _answer_text(turn), trace
-        assert turn.elements()[0]["name"] == "[1] heron.txt"
+        assert turn.elements()[0]["name"] == "[1] uploads/heron.txt"
         assert (chat_ui.root / "uploads" / "heron.txt").is_file()
     finally:
         await client.close()

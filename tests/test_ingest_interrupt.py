@@ -209,8 +209,10 @@ def test_killed_ingest_resumes_to_exactly_a_clean_ingest(
     done = re.findall(r"^(added|unchanged|updated): (\S+) \((\d+) chunks\)$", output, re.M)
     assert len(done) == FILES, output
     assert {status for status, _, _ in done} <= {"added", "unchanged"}
-    redone = sum(batches_for(int(chunks)) for status, _, chunks in done if status == "added")
-    assert answered(slow_openai) == redone
+    # Batches may merge chunks of several files, so the request count lies between a
+    # fully packed batching of the redone chunks and one batching per file.
+    added = [int(chunks) for status, _, chunks in done if status == "added"]
+    assert batches_for(sum(added)) <= answered(slow_openai) <= sum(map(batches_for, added))
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
