@@ -20,16 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
+from bench.report import publish
 from bench.services import fake_openai
 from ingest.pipeline import ingest_path
 from ingest.split import Splitter
 from rag.services import open_services
 from rag.settings import Settings, load_settings
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CHUNKS_PER_FILE = 20
 WORDS = [
     "drone",
@@ -178,25 +176,15 @@ def main() -> None:
     results = []
     for mode, sizes in plan:
         results += asyncio.run(run(sizes, [mode], args.latency))
-    table = Table(title="Ingest throughput (chunks/s), stages alone vs the pipeline")
-    for column in ("embeddings", "chunks", "embed alone", "insert alone", "pipeline",
-                   "pipeline / slowest stage", "peak RSS MB"):  # fmt: skip
-        table.add_column(column, justify="right")
-    lines = ["| embeddings | chunks | embed alone | insert alone | pipeline | pipeline / slowest "
-             "| peak RSS MB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = []
     for mode, r in results:
         ratio = r["pipeline"] / min(r["embed"], r["insert"])
-        cells = [mode, f"{r['chunks']:.0f}", f"{r['embed']:.0f}", f"{r['insert']:.0f}",
-                 f"{r['pipeline']:.0f}", f"{ratio:.2f}", f"{r['rss_mb']:.0f}"]  # fmt: skip
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-    Console().print(table)
-    RESULTS.mkdir(exist_ok=True)
-    command = "python -m bench.ingest_scale" + (" --quick" if args.quick else "")
-    (RESULTS / "ingest_scale.md").write_text(
-        f"## Ingest at scale\n\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n",
-        encoding="utf-8",
-    )
+        rows.append([mode, f"{r['chunks']:.0f}", f"{r['embed']:.0f}", f"{r['insert']:.0f}",
+                     f"{r['pipeline']:.0f}", f"{ratio:.2f}", f"{r['rss_mb']:.0f}"])  # fmt: skip
+    columns = ["embeddings", "chunks", "embed alone /s", "insert alone /s", "pipeline /s",
+               "pipeline / slowest stage", "peak RSS MB"]  # fmt: skip
+    publish("ingest_scale", "Ingest throughput (chunks/s): stages alone vs the pipeline",
+            columns, rows, args.quick)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import tempfile
@@ -20,21 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
+from bench.report import percentile, publish
 from rag.embeddings import LocalMiniLMEmbeddings
 from rag.settings import load_settings
 from rag.store import open_store
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DIM = 384
 QUERIES = 50
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def latencies(store, vectors: np.ndarray) -> list[float]:  # type: ignore[no-untyped-def]
@@ -85,28 +77,14 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
     results = [asyncio.run(measure(size)) for size in sizes]
-    table = Table(title="Search latency on Milvus Lite (ms, k=4)")
-    lines = ["| rows | index | before flush p50 / p95 | after flush p50 / p95 | speed-up p50 |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for column in ("rows", "index", "before p50/p95", "after p50/p95", "speed-up p50"):
-        table.add_column(column, justify="right")
-    for r in results:
-        cells = [f"{r['rows']:,}", str(r["index"]),
-                 f"{r['before_p50']:.1f} / {r['before_p95']:.1f}",
-                 f"{r['after_p50']:.1f} / {r['after_p95']:.1f}",
-                 f"{float(r['before_p50']) / float(r['after_p50']):.1f}×"]  # fmt: skip
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-    Console().print(table)
-    RESULTS.mkdir(exist_ok=True)
-    command = "python -m bench.retrieval_latency" + (" --quick" if args.quick else "")
-    (RESULTS / "retrieval_latency.md").write_text(
-        f"## Search latency vs collection size\n\nCommand: `{command}`\n\n"
-        + "\n".join(lines)
-        + "\n",
-        encoding="utf-8",
-    )
-    (RESULTS / "retrieval_latency.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    rows = [[f"{r['rows']:,}", str(r["index"]),
+             f"{r['before_p50']:.1f} / {r['before_p95']:.1f}",
+             f"{r['after_p50']:.1f} / {r['after_p95']:.1f}",
+             f"{float(r['before_p50']) / float(r['after_p50']):.1f}×"]
+            for r in results]  # fmt: skip
+    publish("retrieval_latency", "Search latency on Milvus Lite (ms, k=4)",
+            ["rows", "index", "before flush p50/p95", "after flush p50/p95", "speed-up p50"],
+            rows, args.quick)  # fmt: skip
 
 
 if __name__ == "__main__":

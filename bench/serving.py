@@ -17,9 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from bench.report import percentile, publish
 from bench.services import fake_openai
 from ingest.pipeline import ingest_path
 from rag.assistant import build_chain
@@ -28,7 +26,6 @@ from rag.services import open_services
 from rag.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 QUESTIONS = [
     "Who needs to approve an expense claim of €1,200?",
     "What does error E-342 mean?",
@@ -36,11 +33,6 @@ QUESTIONS = [
     "What is our travel insurance policy number?",
     "How do I reset my VPN token?",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def one_chat(chain, question: str) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -84,25 +76,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--token-delay", type=float, default=0.02)
     args = parser.parse_args()
-    rows = asyncio.run(run([1, 10, 50], 1 if args.quick else 3, args.token_delay))
-    base = rows[0][2]
-    table = Table(title="Concurrent chats: time to first token (s)")
-    for column in ("chats", "TTFT p50", "TTFT p95", "p95 / single p95", "answers/s"):
-        table.add_column(column, justify="right")
-    lines = [
-        "| chats | TTFT p50 s | TTFT p95 s | p95 / single | answers/s |",
-        "|---|---|---|---|---|",
-    ]
-    for level, p50, p95, rate in rows:
-        table.add_row(str(level), f"{p50:.3f}", f"{p95:.3f}", f"{p95 / base:.2f}×", f"{rate:.1f}")
-        lines.append(f"| {level} | {p50:.3f} | {p95:.3f} | {p95 / base:.2f}× | {rate:.1f} |")
-    Console().print(table)
-    RESULTS.mkdir(exist_ok=True)
-    command = "python -m bench.serving" + (" --quick" if args.quick else "")
-    (RESULTS / "serving.md").write_text(
-        f"## Concurrent chats\n\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n",
-        encoding="utf-8",
-    )
+    measured = asyncio.run(run([1, 10, 50], 1 if args.quick else 3, args.token_delay))
+    base = measured[0][2]
+    rows = [[str(level), f"{p50:.3f}", f"{p95:.3f}", f"{p95 / base:.2f}×", f"{rate:.1f}"]
+            for level, p50, p95, rate in measured]  # fmt: skip
+    publish("serving", "Concurrent chats: time to first token (s)",
+            ["chats", "TTFT p50", "TTFT p95", "p95 / single p95", "answers/s"],
+            rows, args.quick)  # fmt: skip
 
 
 if __name__ == "__main__":
