@@ -120,15 +120,21 @@ async def _start() -> None:
     except RagError as error:
         await cl.Message(content=f"⚠️ {error}. I'll try again with your next message.").send()
         return
-    defaults = helper.default_options()
-    cl.user_session.set("options", defaults)
+    cl.user_session.set("options", helper.default_options())
+    await send_settings(helper)
+
+
+async def send_settings(helper: Assistant) -> None:
+    """The settings panel, with the current options and the documents to filter by."""
+    options: SearchOptions = cl.user_session.get("options") or helper.default_options()
     sources = await _source_names(helper)
+    chosen = options.sources[0] if options.sources else ALL_SOURCES
     await cl.ChatSettings(
         [
-            Slider(id="k", label="Passages (top-k)", initial=defaults.k, min=1, max=12, step=1),
-            Switch(id="mmr", label="Diversify passages (MMR)", initial=defaults.mmr),
+            Slider(id="k", label="Passages (top-k)", initial=options.k, min=1, max=12, step=1),
+            Switch(id="mmr", label="Diversify passages (MMR)", initial=options.mmr),
             Select(id="source", label="Only this document", values=[ALL_SOURCES, *sources],
-                   initial_value=ALL_SOURCES),
+                   initial_value=chosen if chosen in sources else ALL_SOURCES),
         ]
     ).send()  # fmt: skip
 
@@ -179,6 +185,7 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
         step.output = "\n".join(lines) or "No files received."
     await cl.Message(content="\n".join(lines)).send()
     await refresh_welcome(helper)
+    await send_settings(helper)  # the new file joins the document filter
 
 
 def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
