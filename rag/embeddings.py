@@ -205,7 +205,9 @@ def build_embeddings(settings: Settings) -> Embeddings:
         base_url=settings.embedding_base_url,
         api_key=key,  # type: ignore[arg-type]
         dimensions=dimensions,
-        chunk_size=settings.embedding_batch_size,
+        # langchain-openai sends the texts of one aembed_documents call in requests of
+        # chunk_size, one after another: sized so one pipeline batch is one request.
+        chunk_size=max(settings.embedding_batch_size, settings.batch_size),
         # Token-id inputs need tiktoken's vocabulary (a download) and only suit OpenAI's
         # own models; plain strings work with every compatible server.
         check_embedding_ctx_length=False,
