@@ -9,11 +9,13 @@ PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.installed-llm
+BROWSER_STAMP := $(VENV)/.installed-browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAMPLES := sample_docs
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-llm demo ui test lint format ingest-samples clean
+.PHONY: install install-llm install-browser demo ui test lint format ingest-samples clean
 
 install: $(STAMP)
 
@@ -37,6 +39,15 @@ $(LLM_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --quiet -c $(CONSTRAINTS) "llama-cpp-python[server]"
 	@touch $@
 
+# Browser tests drive Debian's Chromium through Playwright (Playwright's own browser
+# download cannot work offline), so the system package is installed when missing.
+install-browser: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(STAMP)
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@touch $@
+
 ingest-samples: install
 	$(VENV)/bin/rag ingest $(SAMPLES)
 
@@ -53,7 +64,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install-llm lint
+test: install-llm install-browser lint
 	$(VENV)/bin/pytest
 
 clean:
