@@ -16,7 +16,6 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from langchain_core.documents import Document
 from langchain_milvus import Milvus
@@ -24,6 +23,7 @@ from langchain_openai import OpenAIEmbeddings
 from rich.console import Console
 from rich.table import Table
 
+from bench.report import RESULTS
 from bench.services import fake_openai, milvus_target
 
 PUBLISHED = {  # seconds: (sync, async)
@@ -34,7 +34,6 @@ PUBLISHED = {  # seconds: (sync, async)
     ("delete", 10): (2.82, 0.58),
     ("delete", 100): (29.21, 0.61),
 }
-RESULTS = Path(__file__).resolve().parent / "results"
 SEARCH_ROWS = 1000
 PIPELINE_BATCH = 64
 PIPELINE_CONCURRENCY = 4
