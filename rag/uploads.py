@@ -1,6 +1,6 @@
 """Files dropped into the chat: kept under one folder, never anywhere else.
 
-A browser sends any name it likes (``../../etc/passwd``, NUL bytes, 300 characters),
+A browser sends any name it likes (``../../outside/secret.txt``, NUL bytes, 300 characters),
 so the stored name is rebuilt from a safe alphabet and the resolved path is
 checked to stay inside the upload folder.
 """

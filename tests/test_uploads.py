@@ -13,7 +13,7 @@ from rag.uploads import MAX_NAME, UploadRejected, safe_name, store_upload
     ("name", "expected"),
     [
         ("report.pdf", "report.pdf"),
-        ("../../etc/passwd.txt", "passwd.txt"),
+        ("../../outside/secret.txt", "secret.txt"),
         ("/etc/shadow.md", "shadow.md"),
         ("..\\..\\windows\\system.ini.txt", "system.ini.txt"),
         ("evil\x00.txt", "evil_.txt"),
