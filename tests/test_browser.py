@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import pytest
 
 from rag.welcome import load_starters
 from tests.fake_openai import FakeOpenAI, FakeOpenAIConfig, default_reply, serve
-from tests.test_chat_ui import RAG_BIN, _env, _free_port, _stop_group, _wait_http
+from tests.test_chat_ui import _env, ingested_ui
 
 CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
@@ -105,35 +104,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     fake = FakeOpenAI(FakeOpenAIConfig(chat_token_delay=TOKEN_DELAY, chat_reply=_reply))
     with serve(fake) as server:
         env = _env(root, server.base_url) | {"RAG_COLLECTION": COLLECTION}
-        ingest = subprocess.run(
-            [str(RAG_BIN), "ingest", str(docs)],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert ingest.returncode == 0, f"rag ingest failed:\n{ingest.stdout}\n{ingest.stderr}"
-        port = _free_port()
-        log = root / "ui.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=cwd,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_http(f"{url}/", process, log, timeout=30)
+        with ingested_ui(docs, cwd, root, env) as (url, log):
             fake.reset()  # forget the ingestion traffic
             yield App(url, fake, root, log)
-        finally:
-            _stop_group(process)
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,45 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
     raise TimeoutError(f"{url} did not answer within {timeout}s ({last}):\n{tail}")
 
 
+@contextlib.contextmanager
+def ingested_ui(
+    docs: Path, cwd: Path, root: Path, env: dict[str, str]
+) -> Iterator[tuple[str, Path]]:
+    """Ingest ``docs`` with `rag ingest`, then run `rag ui` on a free port until exit.
+
+    Yields the UI's URL and its log file. Ingest must finish first: Milvus Lite
+    lets one process at a time open a database file.
+    """
+    ingest = subprocess.run(
+        [str(RAG_BIN), "ingest", str(docs)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ingest.returncode == 0, f"rag ingest failed:\n{ingest.stdout}\n{ingest.stderr}"
+    port = _free_port()
+    log = root / "ui.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/", process, log, timeout=30)
+        yield url, log
+    finally:
+        _stop_group(process)
+
+
 @pytest.fixture(scope="module")
 def chat_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
     root = tmp_path_factory.mktemp("chat_ui")
@@ -149,35 +188,9 @@ def chat_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
     fake = FakeOpenAI(FakeOpenAIConfig(chat_token_delay=TOKEN_DELAY))
     with serve(fake) as server:
         env = _env(root, server.base_url)
-        ingest = subprocess.run(
-            [str(RAG_BIN), "ingest", str(docs)],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert ingest.returncode == 0, f"rag ingest failed:\n{ingest.stdout}\n{ingest.stderr}"
-        port = _free_port()
-        log = root / "ui.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=cwd,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_http(f"{url}/", process, log, timeout=30)
+        with ingested_ui(docs, cwd, root, env) as (url, log):
             fake.reset()  # forget the ingestion traffic
             yield ChatUI(url, fake, root, log)
-        finally:
-            _stop_group(process)
 
 
 async def _start(ui: ChatUI) -> tuple[ChainlitClient, list[dict[str, Any]]]:

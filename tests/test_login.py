@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-RAG = ROOT / ".venv" / "bin" / "rag"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.test_chat_ui import RAG_BIN, _free_port, _stop_group, _wait_http
 
 
 @contextlib.contextmanager
@@ -36,31 +26,18 @@ def running_ui(tmp_path: Path, extra: dict[str, str]) -> Iterator[str]:
         "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1",
         **extra,
     }
-    log = (tmp_path / "ui.log").open("wb")
-    process = subprocess.Popen(
-        [str(RAG), "ui", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    log = tmp_path / "ui.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "ui.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/auth/config", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        else:
-            pytest.fail("the chat UI did not start")
+        _wait_http(f"{base}/auth/config", process, log, timeout=60)
         yield base
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        _stop_group(process)
 
 
 @pytest.mark.timeout(120)
