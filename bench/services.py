@@ -7,9 +7,7 @@ client side, as it would against a remote API and a remote Milvus.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +15,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from rag.local_llm import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,12 +47,7 @@ def _process(command: list[str], port: int, timeout: float = 60) -> Iterator[Non
         _wait_port(port, process, timeout)
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
 
 
 @contextlib.contextmanager

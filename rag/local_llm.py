@@ -50,6 +50,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM a child started with start_new_session=True, then SIGKILL if it lingers.
+
+    The group, not just the child: servers we start spawn workers of their own.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class LocalLLMServer:
     """Start ``python -m llama_cpp.server`` on loopback; use as a (blocking) context manager."""
 
@@ -105,14 +120,7 @@ class LocalLLMServer:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace=5)
 
     def __enter__(self) -> LocalLLMServer:
         self.start()
