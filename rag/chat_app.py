@@ -50,13 +50,14 @@ async def assistant() -> Assistant:
         return _assistant
 
 
-async def refresh_welcome(helper: Assistant) -> None:
+async def refresh_welcome(helper: Assistant, sources: list[str] | None = None) -> None:
     """Render chainlit.md in the runtime app root with the collection's current contents."""
     from chainlit.config import APP_ROOT
 
-    sources = await _source_names(helper)
     from rag.embeddings import embedding_identity
 
+    if sources is None:
+        sources = await _source_names(helper)
     models = (
         f"**{helper.llm_label}**; passages are found with the "
         f"**{embedding_identity(helper.services.settings)[0]}** embedding model"
@@ -124,10 +125,11 @@ async def _start() -> None:
     await send_settings(helper)
 
 
-async def send_settings(helper: Assistant) -> None:
+async def send_settings(helper: Assistant, sources: list[str] | None = None) -> None:
     """The settings panel, with the current options and the documents to filter by."""
     options: SearchOptions = cl.user_session.get("options") or helper.default_options()
-    sources = await _source_names(helper)
+    if sources is None:
+        sources = await _source_names(helper)
     chosen = options.sources[0] if options.sources else ALL_SOURCES
     await cl.ChatSettings(
         [
@@ -184,8 +186,10 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
                 lines.append(f"❌ {error}")
         step.output = "\n".join(lines) or "No files received."
     await cl.Message(content="\n".join(lines)).send()
-    await refresh_welcome(helper)
-    await send_settings(helper)  # the new file joins the document filter
+    # One listing of the collection serves both the welcome page and the filter.
+    sources = await _source_names(helper)
+    await refresh_welcome(helper, sources)
+    await send_settings(helper, sources)  # the new file joins the document filter
 
 
 def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
