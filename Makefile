@@ -10,12 +10,13 @@ CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.installed-llm
 BROWSER_STAMP := $(VENV)/.installed-browser
+POSTGRES_STAMP := $(VENV)/.installed-postgres
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAMPLES := sample_docs
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-llm install-browser demo ui test lint format ingest-samples clean
+.PHONY: install install-llm install-browser install-postgres demo ui test lint format ingest-samples clean
 
 install: $(STAMP)
 
@@ -48,6 +49,16 @@ $(BROWSER_STAMP): $(STAMP)
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 	@touch $@
 
+# The chat-history tests run a throwaway PostgreSQL cluster (initdb + pg_ctl in a
+# temp dir); Debian's server package provides those programs.
+install-postgres: $(POSTGRES_STAMP)
+
+$(POSTGRES_STAMP): $(STAMP)
+	@{ command -v pg_config >/dev/null && test -x "$$(pg_config --bindir)/initdb"; } || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql libpq-dev; }
+	@touch $@
+
 ingest-samples: install
 	$(VENV)/bin/rag ingest $(SAMPLES)
 
@@ -64,7 +75,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install-llm install-browser lint
+test: install-llm install-browser install-postgres lint
 	$(VENV)/bin/pytest
 
 clean:

@@ -34,28 +34,28 @@ CollectionOption = Annotated[
 ]
 
 
-def _fail(error: RagError) -> typer.Exit:
+def fail(error: RagError) -> typer.Exit:
     """Print a user-facing error as one line (escaped: messages hold paths like a[1].md)."""
     errors.print(f"[bold red]error[/]: {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(error.exit_code)
 
 
-def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine, turning user-facing errors into one line and an exit code."""
     try:
         return asyncio.run(make())
     except RagError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
     except KeyboardInterrupt:
         errors.print("interrupted: nothing is lost; run the same command again to finish")
         raise typer.Exit(130) from None
 
 
-def _settings(**overrides: object) -> Settings:
+def settings_or_exit(**overrides: object) -> Settings:
     try:
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except RagError as error:
-        raise _fail(error) from None
+        raise fail(error) from None
 
 
 @app.callback()
@@ -96,9 +96,9 @@ def ingest(
     from ingest.progress import ConsoleReporter, summary_table
     from rag.services import open_services
 
-    settings = _settings(collection=collection)
+    settings = settings_or_exit(collection=collection)
     if not path.expanduser().exists():
-        raise _fail(SourceNotFound(f"no such file or folder: {path}"))
+        raise fail(SourceNotFound(f"no such file or folder: {path}"))
 
     async def go() -> bool:
         services = await open_services(settings, recreate=recreate)
@@ -115,7 +115,7 @@ def ingest(
         console.print(summary_table(report))
         return report.ok
 
-    if not _run(go):
+    if not run_async(go):
         errors.print("[bold red]some files failed[/] (listed above); the others were ingested")
         raise typer.Exit(1)
 
@@ -129,7 +129,7 @@ def search(
     """Show the passages closest to a query (retrieval only, no LLM)."""
     from rag.services import open_services
 
-    settings = _settings(collection=collection)
+    settings = settings_or_exit(collection=collection)
 
     async def go() -> None:
         services = await open_services(settings)
@@ -148,7 +148,7 @@ def search(
             )
         console.print(table)
 
-    _run(go)
+    run_async(go)
 
 
 @app.command()
@@ -171,7 +171,7 @@ def ask(
     from rag.assistant import open_assistant
     from rag.chain import Answer, AnswerInterrupted, Token
 
-    settings = _settings(collection=collection)
+    settings = settings_or_exit(collection=collection)
 
     async def go() -> Answer:
         async with open_assistant(settings) as assistant:
@@ -194,7 +194,7 @@ def ask(
             assert answer is not None
             return answer
 
-    answer = _run(go)
+    answer = run_async(go)
     if as_json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2))
         return
@@ -228,11 +228,15 @@ def ui(
     from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
     from rag.welcome import PROJECT_ROOT, prepare_app_root
 
-    settings = _settings(collection=collection)
+    settings = settings_or_exit(collection=collection)
     env = dict(os.environ) | settings.to_env()
     # Chainlit runs from the app root (where chainlit.md is): pin relative paths first.
     if settings.milvus_is_local:
         env["RAG_MILVUS_URI"] = str(settings.milvus_path.resolve())
+    if settings.database_url and settings.database_url.startswith("sqlite+aiosqlite:///"):
+        db_path = Path(settings.database_url.removeprefix("sqlite+aiosqlite:///"))
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        env["RAG_DATABASE_URL"] = f"sqlite+aiosqlite:///{db_path.resolve()}"
     env["RAG_UPLOAD_DIR"] = str(Path(settings.upload_dir).resolve())
     app_root = prepare_app_root(Path(settings.ui_dir))
     env["CHAINLIT_APP_ROOT"] = str(app_root)
@@ -244,7 +248,7 @@ def ui(
             try:
                 env["RAG_LLM_BASE_URL"] = server.start()
             except RagError as error:
-                raise _fail(error) from None
+                raise fail(error) from None
             env["RAG_LLM_MODEL"] = LOCAL_MODEL_NAME
         console.print(f"[bold green]chat UI:[/] http://{host}:{port}", highlight=False)
         target = str(PROJECT_ROOT / "rag" / "chat_app.py")
@@ -279,12 +283,12 @@ def doctor(collection: CollectionOption = None) -> None:
     """Print the effective configuration (secrets masked) and check each service answers."""
     from rag.doctor import run_checks
 
-    settings = _settings(collection=collection)
+    settings = settings_or_exit(collection=collection)
     table = Table(title="Configuration", show_header=False)
     for name, value in settings.public_view().items():
         table.add_row(f"RAG_{name.upper()}", Text(str(value)))
     console.print(table)
-    results = _run(lambda: run_checks(settings))
+    results = run_async(lambda: run_checks(settings))
     failed = False
     for name, ok, detail in results:
         mark = "[green]ok[/]" if ok else "[bold red]FAIL[/]"
@@ -293,6 +297,9 @@ def doctor(collection: CollectionOption = None) -> None:
     if failed:
         raise typer.Exit(1)
 
+
+# Commands that live in their own modules register themselves on `app` when imported.
+from rag.commands import collections, evaluate, feedback  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     relevance_floor: float = Field(
         0.3, ge=-1, le=1, description="Cosine score below which a passage is not relevant."
     )
+    search_mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "dense", description="Vector search, BM25 full-text search, or both fused."
+    )
+    hybrid_ranker: Literal["rrf", "weighted"] = Field(
+        "rrf", description="How hybrid search fuses the dense and BM25 result lists."
+    )
+    hybrid_dense_weight: float = Field(
+        0.6, ge=0, le=1, description="Dense share for the weighted ranker (BM25 gets the rest)."
+    )
 
     # --- chat model -------------------------------------------------------
     llm_base_url: str | None = None
@@ -83,6 +92,10 @@ class Settings(BaseSettings):
     upload_dir: str = Field("./data/uploads", description="Where chat uploads are kept.")
     ui_dir: str = Field("./data/ui", description="Runtime folder of the chat UI.")
     upload_max_mb: float = Field(20.0, gt=0, description="Largest file accepted in the chat.")
+    database_url: str | None = Field(
+        "sqlite+aiosqlite:///./data/chat.db",
+        description="Chat history and feedback (SQLAlchemy async URL); empty turns it off.",
+    )
 
     @field_validator("milvus_uri")
     @classmethod
@@ -101,6 +114,26 @@ class Settings(BaseSettings):
             raise ValueError(f"looks like host:port; write http://{value}")
         elif not value.endswith(".db"):
             raise ValueError("a Milvus Lite path must end in .db (for example ./data/milvus.db)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database(cls, value: str | None) -> str | None:
+        """Chainlit's data layer is async, so the URL must name an async driver."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme in ("sqlite", "postgresql", "postgres"):
+            driver = "aiosqlite" if scheme == "sqlite" else "asyncpg"
+            value = (
+                f"{'postgresql' if driver == 'asyncpg' else 'sqlite'}+{driver}://"
+                + value.split("://", 1)[1]
+            )
+        elif scheme not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise ValueError(
+                "use sqlite:///path/to/chat.db or postgresql://user:password@host:5432/db"
+            )
         return value
 
     @field_validator("embedding_base_url", "llm_base_url")
@@ -148,9 +181,16 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 view[name] = "********" if value.get_secret_value() else ""
+            elif name == "database_url" and value:
+                view[name] = mask_url_password(value)
             else:
                 view[name] = value
         return view
+
+
+def mask_url_password(url: str) -> str:
+    """``scheme://user:secret@host`` with the password hidden, for logs and `rag doctor`."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1********@", url)
 
 
 def _describe(error: ValidationError) -> str:
@@ -162,7 +202,9 @@ def _describe(error: ValidationError) -> str:
         value = item.get("input")
         shown = (
             ""
-            if field.endswith(("token", "key")) or isinstance(value, dict)
+            if field.endswith(("token", "key", "users"))
+            or field == "database_url"
+            or isinstance(value, dict)
             else f" (got {value!r})"
         )
         message = item["msg"].removeprefix("Value error, ")

@@ -1,0 +1,1 @@
+"""`rag` sub-commands kept in their own modules; each registers itself on `rag.cli.app`."""
