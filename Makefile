@@ -16,7 +16,7 @@ SAMPLES := sample_docs
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-llm install-browser install-postgres demo ui test lint format ingest-samples clean
+.PHONY: install install-llm install-browser install-postgres demo ui test test-reliability lint format ingest-samples clean
 
 install: $(STAMP)
 
@@ -77,6 +77,10 @@ format: install
 
 test: install-llm install-browser install-postgres lint
 	$(VENV)/bin/pytest
+
+# The long fault and load runs (a representative subset is part of `make test`).
+test-reliability: install-llm install-postgres
+	$(VENV)/bin/pytest -m heavy tests/reliability
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
