@@ -4,6 +4,10 @@ Run through `rag ui` (which starts the local model when no endpoint is set), or
 directly with `chainlit run rag/chat_app.py`. Chainlit APIs used here were read
 from chainlit 2.12's `callbacks.py` / `message.py`: side elements whose name
 appears in the message text become clickable, which is how [n] links to a source.
+
+With RAG_DATABASE_URL set (the default is a SQLite file), conversations and
+feedback are kept by Chainlit's SQLAlchemy data layer (`rag.history`): signed-in
+users see their past chats in the sidebar and can resume one with its memory.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import chainlit as cl
-from chainlit.input_widget import Select, Slider, Switch
+from chainlit.data import get_data_layer
+from chainlit.data.base import BaseDataLayer
+from chainlit.input_widget import InputWidget, Select, Slider, Switch
+from chainlit.types import ThreadDict
 
 from ingest.pipeline import UPLOADS_PREFIX, ingest_path
 from rag.assistant import Assistant, open_assistant
 from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
 from rag.errors import RagError
+from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
 from rag.retrieval import Hit, SearchOptions
 from rag.settings import get_settings
 from rag.uploads import store_upload
@@ -31,23 +39,35 @@ from rag.welcome import load_starters, render_welcome, write_welcome
 
 log = logging.getLogger(__name__)
 ALL_SOURCES = "All documents"
+KEPT_TURNS = 12  # (question, answer) entries kept per session; the chain uses the last few
 
 _stack = AsyncExitStack()
 _assistant: Assistant | None = None
 _lock = asyncio.Lock()
+_background: set[asyncio.Task[Any]] = set()
 
 
 async def assistant() -> Assistant:
     """The process-wide assistant, opened on first use and retried after a failure.
 
     Opening it connects to Milvus; when Milvus is down the chat says so and the
-    next message tries again, so the UI recovers without a restart.
+    next message tries again, so the UI recovers without a restart. The welcome
+    page is rendered whenever it opens, so it also recovers.
     """
     global _assistant
     async with _lock:
         if _assistant is None:
-            _assistant = await _stack.enter_async_context(open_assistant(get_settings()))
+            helper = await _stack.enter_async_context(open_assistant(get_settings()))
+            _assistant = helper
+            try:
+                await refresh_welcome(helper)
+            except Exception:  # the welcome page is a convenience; answering comes first
+                log.exception("could not write the welcome page")
         return _assistant
+
+
+def _unreachable(error: RagError, then: str) -> str:
+    return f"⚠️ I can't answer yet: {error}. {then}"
 
 
 async def refresh_welcome(helper: Assistant, sources: list[str] | None = None) -> None:
@@ -66,17 +86,46 @@ async def refresh_welcome(helper: Assistant, sources: list[str] | None = None) -
     await asyncio.to_thread(write_welcome, Path(APP_ROOT), text)
 
 
-@cl.on_app_startup
-async def _startup() -> None:
+async def _warm_up() -> None:
     # Open Milvus and the models before the first visitor; if that fails the chat
     # reports it and retries on the next message.
     with contextlib.suppress(RagError):
-        await refresh_welcome(await assistant())
+        await assistant()
+
+
+@cl.on_app_startup
+async def _startup() -> None:
+    await _history_ready()
+    # In the background, so the UI answers at once even while Milvus is slow or down.
+    task = asyncio.create_task(_warm_up())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 @cl.on_app_shutdown
 async def _shutdown() -> None:
+    for task in list(_background):
+        task.cancel()
     await _stack.aclose()
+
+
+_database_url = get_settings().database_url
+if _database_url:
+
+    @cl.data_layer
+    def _data_layer() -> BaseDataLayer:
+        return HistoryDataLayer(_database_url)
+
+
+async def _history_ready() -> None:
+    """Create the history tables once; if the database is down, say so and retry later."""
+    layer = get_data_layer() if _database_url else None
+    if not isinstance(layer, HistoryDataLayer) or layer.schema_ready:
+        return
+    try:
+        await layer.ensure_schema()
+    except RagError as error:
+        log.error("%s; chat history is not saved until it is reachable", error)
 
 
 def _users() -> dict[str, str]:
@@ -116,13 +165,59 @@ async def _source_names(helper: Assistant) -> list[str]:
 @cl.on_chat_start
 async def _start() -> None:
     cl.user_session.set("history", [])
+    await _history_ready()
     try:
         helper = await assistant()
     except RagError as error:
-        await cl.Message(content=f"⚠️ {error}. I'll try again with your next message.").send()
+        await cl.Message(
+            content=_unreachable(error, "I'll try again with your next message.")
+        ).send()
         return
-    cl.user_session.set("options", helper.default_options())
+    await _ready_session(helper)
+
+
+@cl.on_chat_resume
+async def _resume(thread: ThreadDict) -> None:
+    """Reopen a past conversation: its questions and answers become the chat's memory again."""
+    turns = turns_from_steps(list(thread.get("steps") or []))
+    cl.user_session.set("history", turns[-KEPT_TURNS:])
+    try:
+        helper = await assistant()
+    except RagError as error:
+        await cl.Message(
+            content=_unreachable(error, "I'll try again with your next message.")
+        ).send()
+        return
+    # Chainlit restored the thread's last chat settings into the session.
+    await _ready_session(helper, cl.context.session.chat_settings or {})
+
+
+async def _ready_session(helper: Assistant, values: dict[str, Any] | None = None) -> None:
+    """Search options (defaults, or the given settings values) and the settings panel."""
+    cl.user_session.set("options", options_from(values or {}, helper.default_options()))
     await send_settings(helper)
+
+
+def settings_widgets(options: SearchOptions, sources: list[str]) -> list[InputWidget]:
+    """The chat settings panel; each widget's id is a key read by `options_from`."""
+    chosen = options.sources[0] if options.sources else ALL_SOURCES
+    return [
+        Slider(id="k", label="Passages (top-k)", initial=options.k, min=1, max=12, step=1),
+        Switch(id="mmr", label="Diversify passages (MMR)", initial=options.mmr),
+        Select(id="source", label="Only this document", values=[ALL_SOURCES, *sources],
+               initial_value=chosen if chosen in sources else ALL_SOURCES),
+    ]  # fmt: skip
+
+
+def options_from(values: dict[str, Any], options: SearchOptions) -> SearchOptions:
+    """``options`` updated with the settings panel's values (missing keys keep theirs)."""
+    source = values.get("source", options.sources[0] if options.sources else ALL_SOURCES)
+    return replace(
+        options,
+        k=int(values.get("k", options.k)),
+        mmr=bool(values.get("mmr", options.mmr)),
+        sources=() if not source or source == ALL_SOURCES else (str(source),),
+    )
 
 
 async def send_settings(helper: Assistant, sources: list[str] | None = None) -> None:
@@ -130,30 +225,13 @@ async def send_settings(helper: Assistant, sources: list[str] | None = None) -> 
     options: SearchOptions = cl.user_session.get("options") or helper.default_options()
     if sources is None:
         sources = await _source_names(helper)
-    chosen = options.sources[0] if options.sources else ALL_SOURCES
-    await cl.ChatSettings(
-        [
-            Slider(id="k", label="Passages (top-k)", initial=options.k, min=1, max=12, step=1),
-            Switch(id="mmr", label="Diversify passages (MMR)", initial=options.mmr),
-            Select(id="source", label="Only this document", values=[ALL_SOURCES, *sources],
-                   initial_value=chosen if chosen in sources else ALL_SOURCES),
-        ]
-    ).send()  # fmt: skip
+    await cl.ChatSettings(settings_widgets(options, sources)).send()
 
 
 @cl.on_settings_update
 async def _settings(values: dict[str, Any]) -> None:
     options: SearchOptions = cl.user_session.get("options") or SearchOptions()
-    source = values.get("source")
-    cl.user_session.set(
-        "options",
-        replace(
-            options,
-            k=int(values.get("k", options.k)),
-            mmr=bool(values.get("mmr", options.mmr)),
-            sources=() if not source or source == ALL_SOURCES else (str(source),),
-        ),
-    )
+    cl.user_session.set("options", options_from(values, options))
 
 
 async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
@@ -203,13 +281,30 @@ def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
     ), elements
 
 
+def _answer_record(question_id: str, answer: Answer) -> dict[str, Any]:
+    """What the stored answer carries for resuming and `rag feedback`: the question, the
+    answer without its sources listing, and the sources with their passages."""
+    data = answer.to_dict()
+    return {
+        "question_id": question_id,
+        "question": data["question"],
+        "standalone": data["standalone_question"],
+        "answer": data["answer"],
+        "answered": data["answered"],
+        "cited": data["cited"],
+        "sources": data["sources"],
+    }
+
+
 @cl.on_message
 async def _message(message: cl.Message) -> None:
     try:
         helper = await assistant()
     except RagError as error:
-        await cl.Message(content=f"⚠️ {error}. Try again once it is back.").send()
+        await cl.Message(content=_unreachable(error, "Try again once it is back.")).send()
         return
+    if not isinstance(cl.user_session.get("options"), SearchOptions):
+        await _ready_session(helper)  # Milvus was down when the chat started
     if message.elements:
         await _ingest_uploads(helper, list(message.elements))
     question = message.content.strip()
@@ -250,8 +345,9 @@ async def _message(message: cl.Message) -> None:
                     f"{event.text}\n\n**{title}**\n{listing}" if event.hits else event.text
                 )
                 reply.elements = elements  # type: ignore[assignment]
+                reply.metadata = {META_KEY: _answer_record(message.id, event)}
                 turns += [(message.id, "user", question), (message.id, "assistant", event.text)]
-                cl.user_session.set("history", turns[-12:])
+                cl.user_session.set("history", turns[-KEPT_TURNS:])
     except AnswerInterrupted as error:
         reply.content = f"{error.partial}\n\n⚠️ {error}"
     except RagError as error:
