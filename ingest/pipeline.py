@@ -274,6 +274,7 @@ class Pipeline:
                 records.version_expr(found.source, digest, same=True),
             )
         status: Status = "updated" if stored.rows > stored.current_rows else "added"
+        size = await asyncio.to_thread(lambda: found.path.stat().st_size)
         job = _FileJob(found, digest, status)
         source_iter: Iterator[Chunk] = (
             iter(chunks) if isinstance(chunks, list) else self.splitter.chunks(loaded)
@@ -286,7 +287,8 @@ class Pipeline:
             if not piece:
                 break
             docs = [
-                self._document(found.source, loaded.title, digest, i, total, c) for i, c in piece
+                self._document(found.source, loaded.title, digest, size, i, total, c)
+                for i, c in piece
             ]
             ids = [records.chunk_id(found.source, digest, i) for i, _ in piece]
             job.pending += 1
@@ -298,7 +300,14 @@ class Pipeline:
         return job
 
     def _document(
-        self, source: str, title: str, digest: str, index: int, total: int, chunk: Chunk
+        self,
+        source: str,
+        title: str,
+        digest: str,
+        size: int,
+        index: int,
+        total: int,
+        chunk: Chunk,
     ) -> Document:
         return Document(
             page_content=chunk.text,
@@ -311,6 +320,7 @@ class Pipeline:
                 "chunk_count": total,
                 "content_hash": records.content_hash(chunk.text),
                 "file_hash": digest,
+                "file_size": size,
                 "ingested_at": self.ingested_at,
             },
         )

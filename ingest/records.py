@@ -56,7 +56,7 @@ def file_hash(path: object) -> str:
     return digest.hexdigest()
 
 
-async def _count(store: Milvus, expr: str) -> int:
+async def count(store: Milvus, expr: str) -> int:
     rows = await store.aclient.query(store.collection_name, filter=expr, output_fields=["count(*)"])
     return int(rows[0]["count(*)"]) if rows else 0
 
@@ -65,13 +65,17 @@ def source_expr(source: str) -> str:
     return f"source == {quote(source)}"
 
 
+def sources_expr(sources: list[str]) -> str:
+    return "source in [" + ", ".join(quote(s) for s in sources) + "]"
+
+
 def version_expr(source: str, digest: str, *, same: bool) -> str:
     op = "==" if same else "!="
     return f"{source_expr(source)} and file_hash {op} {quote(digest)}"
 
 
 async def stored_file(store: Milvus, source: str, digest: str) -> StoredFile:
-    rows = await _count(store, source_expr(source))
+    rows = await count(store, source_expr(source))
     if rows == 0:
         return StoredFile(0, 0, None)
     current = await store.aclient.query(
@@ -82,7 +86,7 @@ async def stored_file(store: Milvus, source: str, digest: str) -> StoredFile:
     )
     if not current:
         return StoredFile(rows, 0, None)
-    current_rows = await _count(store, version_expr(source, digest, same=True))
+    current_rows = await count(store, version_expr(source, digest, same=True))
     return StoredFile(rows, current_rows, int(current[0]["chunk_count"]))
 
 
@@ -94,7 +98,7 @@ async def stored_sources(store: Milvus) -> set[str]:
     """
     sources: set[str] = set()
     while True:
-        expr = "source not in [" + ", ".join(quote(s) for s in sorted(sources)) + "]"
+        expr = f"not ({sources_expr(sorted(sources))})" if sources else ""
         rows = await store.aclient.query(
             store.collection_name, filter=expr, output_fields=["source"], limit=PAGE
         )

@@ -15,7 +15,7 @@ from rag.chain import RagChain
 from rag.llm import build_chat_model
 from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
 from rag.prompts import load_prompts
-from rag.retrieval import SearchOptions
+from rag.retrieval import SearchOptions, search_options
 from rag.services import Services, open_services
 from rag.settings import Settings
 
@@ -27,8 +27,7 @@ class Assistant:
     llm_label: str
 
     def default_options(self) -> SearchOptions:
-        s = self.services.settings
-        return SearchOptions(k=s.top_k, mmr=s.mmr, fetch_k=s.fetch_k)
+        return search_options(self.services.settings)
 
 
 def build_chain(services: Services, base_url: str | None, model: str) -> Assistant:

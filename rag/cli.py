@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -27,6 +28,18 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 T = TypeVar("T")
+
+
+class Mode(StrEnum):
+    dense = "dense"
+    bm25 = "bm25"
+    hybrid = "hybrid"
+
+
+ModeOption = Annotated[
+    Mode | None,
+    typer.Option("--mode", "-m", help="dense, bm25 or hybrid (default: RAG_SEARCH_MODE)."),
+]
 
 CollectionOption = Annotated[
     str | None,
@@ -124,31 +137,49 @@ def ingest(
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, max=100, help="How many hits.")] = 4,
+    mode: ModeOption = None,
     collection: CollectionOption = None,
 ) -> None:
     """Show the passages closest to a query (retrieval only, no LLM)."""
+    from dataclasses import replace
+
+    from rag.retrieval import retrieve, search_options
     from rag.services import open_services
 
     settings = settings_or_exit(collection=collection)
 
     async def go() -> None:
         services = await open_services(settings)
-        hits = await services.store.asimilarity_search_with_score(query, k=k)
+        options = replace(search_options(settings), k=k, mmr=False)
+        if mode is not None:
+            options = replace(options, mode=mode.value)
+        note_fallback(services.store, options.mode)
+        hits = await retrieve(services.store, query, options)
         table = Table(title=Text(f"Top {k} for: {query}"), show_lines=True)
         for column in ("#", "score", "source", "page", "passage"):
             table.add_column(column)
-        for number, (doc, score) in enumerate(hits, 1):
-            meta = doc.metadata
+        for number, hit in enumerate(hits, 1):
             table.add_row(
                 str(number),
-                f"{score:.3f}",
-                Text(str(meta.get("source", ""))),
-                str(meta.get("page") or ""),
-                Text(doc.page_content[:300]),
+                f"{hit.score:.3f}",
+                Text(hit.source),
+                str(hit.page or ""),
+                Text(hit.document.page_content[:300]),
             )
         console.print(table)
 
     run_async(go)
+
+
+def note_fallback(store: object, mode: str) -> None:
+    """Say on stderr when BM25/hybrid was asked for but this Milvus can only do dense."""
+    reason = getattr(store, "bm25_unavailable", None)
+    if mode != "dense" and reason:
+        errors.print(
+            f"[yellow]note[/]: {mode} search is unavailable ({escape(reason)}); using dense search",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -162,6 +193,7 @@ def ask(
         list[str] | None, typer.Option("--source", "-s", help="Only search these files.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    mode: ModeOption = None,
     collection: CollectionOption = None,
 ) -> None:
     """Answer a question from the documents, streaming the answer, then list its sources."""
@@ -179,8 +211,10 @@ def ask(
                 assistant.default_options(),
                 **{"k": k} if k else {},
                 **{"mmr": mmr} if mmr is not None else {},
+                **{"mode": mode.value} if mode is not None else {},
                 sources=tuple(source or ()),
             )
+            note_fallback(assistant.services.store, options.mode)
             answer: Answer | None = None
             try:
                 async for event in assistant.chain.astream(question, options=options):

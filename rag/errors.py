@@ -45,3 +45,9 @@ class SourceNotFound(RagError):
     """The folder or file to ingest does not exist."""
 
     exit_code = 2
+
+
+class CollectionNotFound(RagError):
+    """A command names a collection that does not exist."""
+
+    exit_code = 2

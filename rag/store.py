@@ -15,23 +15,31 @@ After that every read and write goes through ``langchain_milvus.Milvus``.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pymilvus import DataType, MilvusClient, MilvusException
+from langchain_milvus import Milvus
+from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusException
 
-from rag.errors import EmbeddingMismatch, StoreUnavailable
+from rag.errors import CollectionNotFound, EmbeddingMismatch, StoreUnavailable
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
-    from langchain_milvus import Milvus
 
     from rag.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PRIMARY_FIELD = "pk"
 TEXT_FIELD = "text"
 VECTOR_FIELD = "vector"
-SCHEMA_VERSION = 1
+# BM25 full-text search: Milvus computes this sparse vector from TEXT_FIELD itself
+# (a built-in function), so inserts never carry it.
+SPARSE_FIELD = "sparse"
+BM25_FUNCTION = "text_bm25"
+SCHEMA_VERSION = 2
 MAX_VARCHAR = 65_535
 # Every chunk row carries exactly these metadata fields, so the schema never
 # depends on which document happened to be inserted first.
@@ -44,6 +52,7 @@ METADATA_FIELDS: dict[str, DataType] = {
     "chunk_count": DataType.INT64,
     "content_hash": DataType.VARCHAR,
     "file_hash": DataType.VARCHAR,
+    "file_size": DataType.INT64,
     "ingested_at": DataType.VARCHAR,
 }
 # Read-your-writes across the sync and async clients, which are separate sessions
@@ -59,6 +68,7 @@ class CollectionIdentity:
     embedding_model: str
     dimension: int
     schema_version: int = SCHEMA_VERSION
+    bm25: bool = False
 
     def to_description(self) -> str:
         return json.dumps(
@@ -67,6 +77,7 @@ class CollectionIdentity:
                 "embedding_model": self.embedding_model,
                 "dimension": self.dimension,
                 "schema_version": self.schema_version,
+                "bm25": self.bm25,
             }
         )
 
@@ -79,7 +90,10 @@ class CollectionIdentity:
         if not isinstance(data, dict) or data.get("app") != "rag":
             return None
         return cls(
-            str(data["embedding_model"]), int(data["dimension"]), int(data["schema_version"])
+            str(data["embedding_model"]),
+            int(data["dimension"]),
+            int(data["schema_version"]),
+            bool(data.get("bm25", False)),
         )
 
 
@@ -127,12 +141,46 @@ def connect(settings: Settings) -> MilvusClient:
         raise StoreUnavailable(describe_failure(settings, error)) from error
 
 
+def server_version(client: MilvusClient) -> str:
+    """What answers at the URI: ``milvus_lite-3.2.2`` in-process, ``v2.3.5`` on a server."""
+    try:
+        return str(client.get_server_version())
+    except Exception:  # an old or proxied server without the call: assume the worst
+        return "unknown"
+
+
+def bm25_unavailable_reason(version: str) -> str | None:
+    """Why this Milvus cannot run BM25 full-text search, or None when it can.
+
+    BM25 functions arrived in Milvus 2.5; Milvus Lite 3.x has them (checked here on
+    3.2.2), the PyPI ``milvus`` server (2.3.5) does not.
+    """
+    if version.startswith("milvus_lite"):
+        return None
+    found = re.search(r"(\d+)\.(\d+)", version)
+    if found and (int(found[1]), int(found[2])) >= (2, 5):
+        return None
+    return f"Milvus {version} has no BM25 full-text functions (they need Milvus 2.5 or newer)"
+
+
 def _create_collection(client: MilvusClient, name: str, identity: CollectionIdentity) -> None:
     schema = client.create_schema(
         auto_id=False, enable_dynamic_field=False, description=identity.to_description()
     )
     schema.add_field(PRIMARY_FIELD, DataType.VARCHAR, is_primary=True, max_length=128)
-    schema.add_field(TEXT_FIELD, DataType.VARCHAR, max_length=MAX_VARCHAR)
+    if identity.bm25:
+        schema.add_field(TEXT_FIELD, DataType.VARCHAR, max_length=MAX_VARCHAR, enable_analyzer=True)
+        schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name=BM25_FUNCTION,
+                function_type=FunctionType.BM25,
+                input_field_names=[TEXT_FIELD],
+                output_field_names=[SPARSE_FIELD],
+            )
+        )
+    else:
+        schema.add_field(TEXT_FIELD, DataType.VARCHAR, max_length=MAX_VARCHAR)
     schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=identity.dimension)
     for field, dtype in METADATA_FIELDS.items():
         if dtype == DataType.VARCHAR:
@@ -143,6 +191,12 @@ def _create_collection(client: MilvusClient, name: str, identity: CollectionIden
     # Vectors are L2-normalised, so COSINE scores are in [-1, 1] with higher = closer,
     # which is what the relevance floor compares against.
     index.add_index(field_name=VECTOR_FIELD, index_type="AUTOINDEX", metric_type="COSINE")
+    if identity.bm25:
+        # Explicit, because langchain-milvus' defaults fail on Milvus Lite ("requires
+        # SPARSE_INVERTED_INDEX with metric BM25"); see the project's shared notes.
+        index.add_index(
+            field_name=SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25"
+        )
     # Milvus Lite drops the schema description, so the identity also goes into a
     # collection property, which Lite and servers both keep.
     client.create_collection(
@@ -165,13 +219,16 @@ def read_identity(client: MilvusClient, name: str) -> CollectionIdentity | None:
 
 def ensure_collection(
     client: MilvusClient, name: str, identity: CollectionIdentity, recreate: bool = False
-) -> None:
-    """Create the collection if needed, or check that it was built by the same model."""
+) -> CollectionIdentity:
+    """Create the collection if needed, or check that it was built by the same model.
+
+    Returns the identity actually in use (whether it has BM25 is decided at creation).
+    """
     if recreate and client.has_collection(name):
         client.drop_collection(name)
     if not client.has_collection(name):
         _create_collection(client, name, identity)
-        return
+        return identity
     found = read_identity(client, name)
     if found is None:
         raise EmbeddingMismatch(
@@ -188,8 +245,23 @@ def ensure_collection(
     if found.schema_version != SCHEMA_VERSION:
         raise EmbeddingMismatch(
             f"collection {name!r} uses schema version {found.schema_version}, this app "
-            f"needs {SCHEMA_VERSION}; rebuild it with --recreate"
+            f"needs {SCHEMA_VERSION}; rebuild it with `rag ingest FOLDER --recreate`"
         )
+    return found
+
+
+class RagMilvus(Milvus):
+    """langchain-milvus on this app's schema, plus what the app learnt opening it.
+
+    The dense store lists every collection field as an output, and langchain-milvus
+    hides only *its own* vector fields, so the BM25 sparse vector would come back as
+    metadata of every hit: it is left out here.
+    """
+
+    bm25_unavailable: str | None = None  # why BM25/hybrid search falls back to dense
+
+    def _get_output_fields(self) -> list[str]:
+        return [f for f in super()._get_output_fields() if f != SPARSE_FIELD]
 
 
 def open_store(
@@ -199,22 +271,23 @@ def open_store(
     *,
     collection: str | None = None,
     recreate: bool = False,
-) -> Milvus:
+) -> RagMilvus:
     """Ensure the collection and return a langchain-milvus store on it.
 
     Blocking (the constructor uses the sync client): call it once at start-up or
     through ``asyncio.to_thread``.
     """
-    from langchain_milvus import Milvus
-
     from rag.embeddings import embedding_identity
 
     name = collection or settings.collection
-    identity = CollectionIdentity(embedding_identity(settings)[0], dimension)
     client = connect(settings)
     try:
-        ensure_collection(client, name, identity, recreate=recreate)
-        return Milvus(
+        unsupported = bm25_unavailable_reason(server_version(client))
+        identity = CollectionIdentity(
+            embedding_identity(settings)[0], dimension, bm25=unsupported is None
+        )
+        in_use = ensure_collection(client, name, identity, recreate=recreate)
+        store = RagMilvus(
             embedding_function=embeddings,
             collection_name=name,
             connection_args=connection_args(settings),
@@ -225,6 +298,70 @@ def open_store(
             auto_id=False,
             timeout=settings.milvus_timeout,
         )
+        if not in_use.bm25:
+            store.bm25_unavailable = unsupported or (
+                f"collection {name!r} was built without a BM25 field; rebuild it with "
+                "`rag ingest FOLDER --recreate` to enable BM25 and hybrid search"
+            )
+        return store
+    except MilvusException as error:
+        raise StoreUnavailable(describe_failure(settings, error)) from error
+    finally:
+        client.close()
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection on the configured Milvus, and whether this app built it."""
+
+    name: str
+    rows: int
+    identity: CollectionIdentity | None  # None: not created by this app
+
+    def to_dict(self) -> dict[str, Any]:
+        ident = self.identity
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "embedding_model": ident.embedding_model if ident else None,
+            "dimension": ident.dimension if ident else None,
+            "bm25": ident.bm25 if ident else None,
+            "schema_version": ident.schema_version if ident else None,
+        }
+
+
+def _row_count(client: MilvusClient, name: str) -> int:
+    """Rows as a query sees them (deletes applied); statistics when it is not loaded."""
+    try:
+        rows = client.query(name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+    except MilvusException:
+        return int(client.get_collection_stats(name).get("row_count", 0))
+
+
+def list_collections(settings: Settings) -> list[CollectionInfo]:
+    """Blocking: every collection with its embedding model, dimension and row count."""
+    client = connect(settings)
+    try:
+        return [
+            CollectionInfo(name, _row_count(client, name), read_identity(client, name))
+            for name in sorted(client.list_collections())
+        ]
+    except MilvusException as error:
+        raise StoreUnavailable(describe_failure(settings, error)) from error
+    finally:
+        client.close()
+
+
+def drop_collection(settings: Settings, name: str) -> int:
+    """Blocking: drop a collection, returning how many rows went with it."""
+    client = connect(settings)
+    try:
+        if not client.has_collection(name):
+            raise CollectionNotFound(f"no collection named {name!r} (see `rag collections`)")
+        rows = _row_count(client, name)
+        client.drop_collection(name)
+        return rows
     except MilvusException as error:
         raise StoreUnavailable(describe_failure(settings, error)) from error
     finally:
