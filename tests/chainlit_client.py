@@ -22,6 +22,15 @@ bundled in ``chainlit/frontend/dist``) speaks, as read from chainlit 2.12's ``so
   the event but served by ``GET /project/file/{chainlitKey}?session_id=...``);
 - ``ChatSettings.send()`` emits ``chat_settings`` with the list of input widgets; the client
   sends changes with ``chat_settings_change`` ({id: value}).
+
+With login on, ``POST /login`` (form ``username``/``password``) sets the ``access_token``
+cookie, which both the HTTP calls and the socket handshake (its ``Cookie`` header) carry. With
+a data layer (chat history), ``auth.threadId`` names a thread to resume: the server answers
+``connection_successful`` with ``first_interaction`` (``interaction: "resume"``), runs
+``on_chat_resume`` and emits ``resume_thread`` with the ThreadDict; the sidebar lists threads
+with ``POST /project/threads`` ({pagination: {first}, filter: {}}), opens one with
+``GET /project/thread/{id}``, and thumbs up/down is ``PUT /feedback`` with ``{feedback: {forId,
+value: 1 | 0, comment, threadId}, sessionId}``.
 """
 
 from __future__ import annotations
@@ -133,9 +142,18 @@ class Turn:
 class ChainlitClient:
     """One chat session: a socket.io connection plus the HTTP calls the web client makes."""
 
-    def __init__(self, base_url: str, *, client_type: str = "webapp") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client_type: str = "webapp",
+        cookies: dict[str, str] | None = None,
+        thread_id: str = "",
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_type = client_type
+        self.cookies = dict(cookies or {})
+        self.thread_id = thread_id
         self.session_id = str(uuid.uuid4())
         self.events: list[Event] = []
         self._arrived = asyncio.Event()
@@ -164,10 +182,11 @@ class ChainlitClient:
             auth={
                 "clientType": self.client_type,
                 "sessionId": self.session_id,
-                "threadId": "",
+                "threadId": self.thread_id,
                 "userEnv": json.dumps({}),
                 "chatProfile": "",
             },
+            headers={"Cookie": self._cookie_header()} if self.cookies else {},
             wait_timeout=limit,
         )
         await self.sio.emit("connection_successful")
@@ -179,13 +198,48 @@ class ChainlitClient:
         if self._http is not None:
             await self._http.close()
 
+    def _cookie_header(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+
     @property
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession(
-                base_url=self.base_url, timeout=aiohttp.ClientTimeout(total=30)
+                base_url=self.base_url,
+                timeout=aiohttp.ClientTimeout(total=30),
+                headers={"Cookie": self._cookie_header()} if self.cookies else None,
             )
         return self._http
+
+    async def resumed(self, limit: float = 30) -> dict[str, Any]:
+        """The ThreadDict of ``resume_thread``, sent once ``on_chat_resume`` has run."""
+        _, event = await self.wait_for("resume_thread", limit=limit)
+        return dict(event.data)
+
+    async def threads(self, first: int = 20) -> list[dict[str, Any]]:
+        """The signed-in user's threads, newest first, as the sidebar lists them."""
+        payload = {"pagination": {"first": first}, "filter": {}}
+        async with self.http.post("/project/threads", json=payload) as response:
+            assert response.status == 200, f"{response.status}: {await response.text()}"
+            return list((await response.json())["data"])
+
+    async def thread(self, thread_id: str) -> tuple[int, Any]:
+        """(status, body) of ``GET /project/thread/{id}``, the thread with steps and elements."""
+        async with self.http.get(f"/project/thread/{thread_id}") as response:
+            body = await response.json() if response.status == 200 else await response.text()
+            return response.status, body
+
+    async def feedback(
+        self, for_id: str, value: int, comment: str | None = None, thread_id: str | None = None
+    ) -> str:
+        """Thumbs up (1) or down (0) on a message, as the message's buttons do; returns its id."""
+        feedback: dict[str, Any] = {"forId": for_id, "value": value, "comment": comment}
+        if thread_id:
+            feedback["threadId"] = thread_id
+        payload = {"feedback": feedback, "sessionId": self.session_id}
+        async with self.http.put("/feedback", json=payload) as response:
+            assert response.status == 200, f"{response.status}: {await response.text()}"
+            return str((await response.json())["feedbackId"])
 
     async def wait_for(
         self, name: str, *, after: int = 0, limit: float = 30, where: Any = None
@@ -293,3 +347,13 @@ class ChainlitClient:
         ) as response:
             assert response.status == 200, f"{element['name']}: {response.status}"
             return await response.text()
+
+
+async def login(base_url: str, username: str, password: str) -> dict[str, str]:
+    """Sign in with the password form; returns the auth cookies for ``ChainlitClient``."""
+    async with (
+        aiohttp.ClientSession(base_url=base_url.rstrip("/")) as http,
+        http.post("/login", data={"username": username, "password": password}) as response,
+    ):
+        assert response.status == 200, f"login {username}: {response.status}"
+        return {name: morsel.value for name, morsel in response.cookies.items()}
