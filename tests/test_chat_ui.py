@@ -139,12 +139,13 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
 
 @contextlib.contextmanager
 def ingested_ui(
-    docs: Path, cwd: Path, root: Path, env: dict[str, str]
+    docs: Path, cwd: Path, root: Path, env: dict[str, str], start_timeout: float = 30
 ) -> Iterator[tuple[str, Path]]:
     """Ingest ``docs`` with `rag ingest`, then run `rag ui` on a free port until exit.
 
     Yields the UI's URL and its log file. Ingest must finish first: Milvus Lite
-    lets one process at a time open a database file.
+    lets one process at a time open a database file. ``start_timeout`` is longer for a
+    UI that first starts the bundled local model.
     """
     ingest = subprocess.run(
         [str(RAG_BIN), "ingest", str(docs)],
@@ -170,7 +171,7 @@ def ingested_ui(
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/", process, log, timeout=30)
+        _wait_http(f"{url}/", process, log, timeout=start_timeout)
         yield url, log
     finally:
         _stop_group(process)
