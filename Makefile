@@ -45,8 +45,10 @@ $(LLM_STAMP): $(STAMP)
 install-browser: $(BROWSER_STAMP)
 
 $(BROWSER_STAMP): $(STAMP)
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@# The emoji font makes the chat's ✅/⚠️ marks render in screenshots, not as boxes.
+	@{ command -v chromium >/dev/null && fc-list | grep -qi "noto color emoji"; } || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -qq chromium fonts-noto-color-emoji; }
 	@touch $@
 
 # The chat-history tests run a throwaway PostgreSQL cluster (initdb + pg_ctl in a
