@@ -45,6 +45,7 @@ _stack = AsyncExitStack()
 _assistant: Assistant | None = None
 _lock = asyncio.Lock()
 _background: set[asyncio.Task[Any]] = set()
+_history_task: asyncio.Task[Any] | None = None
 
 
 async def assistant() -> Assistant:
@@ -93,13 +94,21 @@ async def _warm_up() -> None:
         await assistant()
 
 
+def _remember(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    _background.add(task)  # a task nobody references can be garbage-collected mid-run
+    task.add_done_callback(_background.discard)
+    return task
+
+
 @cl.on_app_startup
 async def _startup() -> None:
-    await _history_ready()
+    global _history_task
+    # Awaited: the tables must exist before the first answer is saved (milliseconds when
+    # the database is up; a few seconds of connect timeout when it is down).
+    _history_task = _remember(asyncio.create_task(_history_ready()))
+    await _history_task
     # In the background, so the UI answers at once even while Milvus is slow or down.
-    task = asyncio.create_task(_warm_up())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    _remember(asyncio.create_task(_warm_up()))
 
 
 @cl.on_app_shutdown
@@ -126,6 +135,13 @@ async def _history_ready() -> None:
         await layer.ensure_schema()
     except RagError as error:
         log.error("%s; chat history is not saved until it is reachable", error)
+
+
+def _retry_history() -> None:
+    """If the tables could not be made at start, try again in the background (never waited on)."""
+    global _history_task
+    if _history_task is None or _history_task.done():
+        _history_task = _remember(asyncio.create_task(_history_ready()))
 
 
 def _users() -> dict[str, str]:
@@ -165,7 +181,7 @@ async def _source_names(helper: Assistant) -> list[str]:
 @cl.on_chat_start
 async def _start() -> None:
     cl.user_session.set("history", [])
-    await _history_ready()
+    _retry_history()
     try:
         helper = await assistant()
     except RagError as error:

@@ -221,7 +221,7 @@ def make_engine(url: str) -> AsyncEngine:
 def _connect_args(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"timeout": 30}
-    return {"timeout": 10}  # asyncpg's connect timeout: a dead host fails in seconds
+    return {"timeout": 5}  # asyncpg's connect timeout: a dead host fails in seconds
 
 
 @contextmanager
