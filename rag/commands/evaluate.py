@@ -1,1 +1,150 @@
-"""Placeholder: filled in by its own change."""
+"""`rag eval DATASET`: answer quality of the current collection as numbers.
+
+The logic lives in ``rag.evaluate`` (usable from Python and by ``bench/quality.py``); this
+module only parses options, prints the table and writes the reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from rag.cli import CollectionOption, app, console, fail, run_async, settings_or_exit
+from rag.errors import RagError
+
+
+class EvalMode(StrEnum):
+    dense = "dense"
+    bm25 = "bm25"
+    hybrid = "hybrid"
+    hybrid_rrf = "hybrid-rrf"
+    hybrid_weighted = "hybrid-weighted"
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[
+        Path, typer.Argument(help="JSONL question file (format: `rag.evaluate` docstring).")
+    ],
+    mode: Annotated[
+        list[EvalMode] | None,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="Search mode; repeat to compare several (default: RAG_SEARCH_MODE).",
+        ),
+    ] = None,
+    k: Annotated[
+        list[int] | None,
+        typer.Option("--k", "-k", min=1, max=50, help="Passages for the model; repeat to compare."),
+    ] = None,
+    mmr: Annotated[
+        bool | None, typer.Option("--mmr/--no-mmr", help="Diversify passages (MMR).")
+    ] = None,
+    answers: Annotated[
+        bool,
+        typer.Option(
+            "--answers",
+            help="Also ask the chat model (RAG_LLM_*, or the bundled local model) and "
+            "check citations, gold answers and refusals.",
+        ),
+    ] = False,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", help="Only questions with this tag.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=1, help="Only the first N questions.")
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for <dataset>.json and <dataset>.md."),
+    ] = Path("bench/results"),
+    collection: CollectionOption = None,
+) -> None:
+    """Score retrieval (recall@k, MRR, nDCG, refusals) and optionally answers on a gold set."""
+    from rag.evaluate import (
+        DatasetError,
+        Summary,
+        config_from_mode,
+        evaluate_answers,
+        evaluate_retrieval,
+        headline,
+        load_dataset,
+        subset,
+        tag_table,
+        write_reports,
+    )
+
+    settings = settings_or_exit(collection=collection)
+    try:
+        gold = subset(load_dataset(dataset), limit, tag or ())
+    except DatasetError as error:
+        raise fail(error) from None
+    modes = [m.value for m in mode] if mode else [settings.search_mode]
+    configs = [
+        config_from_mode(m, size, settings.mmr if mmr is None else mmr, settings)
+        for m, size in itertools.product(modes, k or [settings.top_k])
+    ]
+
+    def progress(name: str, done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            console.print(f"  {name}: {done}/{total}", highlight=False)
+
+    async def go() -> list[Summary]:
+        if answers:
+            from rag.assistant import open_assistant
+
+            async with open_assistant(settings) as assistant:
+                console.print(f"answers from {assistant.llm_label}", highlight=False)
+                return [
+                    await evaluate_answers(assistant.chain, gold, config, progress)
+                    for config in configs
+                ]
+        from rag.services import open_services
+
+        services = await open_services(settings)
+        return [
+            await evaluate_retrieval(
+                services.store, gold, config, settings.relevance_floor, progress
+            )
+            for config in configs
+        ]
+
+    summaries = run_async(go)
+    context = {
+        "collection": settings.collection,
+        "relevance_floor": settings.relevance_floor,
+        "embedding": settings.embedding_model or settings.embedding_provider,
+    }
+    columns, rows = headline(summaries)
+    first = summaries[0]
+    table = Table(
+        title=Text(
+            f"{gold.name}: {first.answerable} answerable, {first.unanswerable} unanswerable "
+            f"(floor {settings.relevance_floor})"
+        )
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column == "config" else "right")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(table)
+    tag_columns, tag_rows = tag_table(summaries)
+    if len(tag_columns) > 1:
+        tags = Table(title="recall@5 by tag")
+        for column in tag_columns:
+            tags.add_column(column, justify="left" if column == "config" else "right")
+        for row in tag_rows:
+            tags.add_row(*(Text(cell) for cell in row))
+        console.print(tags)
+    try:
+        paths = write_reports(out, f"eval_{gold.name}", gold, summaries, context)
+    except OSError as error:
+        raise fail(RagError(f"cannot write the reports to {out}: {error}")) from None
+    console.print(f"reports: {paths[0]}, {paths[1]}", highlight=False, soft_wrap=True)
