@@ -32,10 +32,10 @@ from rag.assistant import Assistant, open_assistant
 from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
 from rag.errors import RagError
 from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
-from rag.retrieval import Hit, SearchOptions
+from rag.retrieval import Hit, SearchMode, SearchOptions
 from rag.settings import get_settings
 from rag.uploads import store_upload
-from rag.welcome import load_starters, render_welcome, write_welcome
+from rag.welcome import describe_search, load_starters, render_welcome, write_welcome
 
 log = logging.getLogger(__name__)
 ALL_SOURCES = "All documents"
@@ -83,7 +83,8 @@ async def refresh_welcome(helper: Assistant, sources: list[str] | None = None) -
         f"**{helper.llm_label}**; passages are found with the "
         f"**{embedding_identity(helper.services.settings)[0]}** embedding model"
     )
-    text = render_welcome(helper.services.store.collection_name, models, sources)
+    search = describe_search(helper.default_options().mode, helper.services.store.bm25_unavailable)
+    text = render_welcome(helper.services.store.collection_name, models, sources, search)
     await asyncio.to_thread(write_welcome, Path(APP_ROOT), text)
 
 
@@ -214,12 +215,27 @@ async def _ready_session(helper: Assistant, values: dict[str, Any] | None = None
     await send_settings(helper)
 
 
-def settings_widgets(options: SearchOptions, sources: list[str]) -> list[InputWidget]:
-    """The chat settings panel; each widget's id is a key read by `options_from`."""
+SEARCH_LABELS: dict[str, SearchMode] = {
+    "Meaning (dense vectors)": "dense",
+    "Keywords (BM25)": "bm25",
+    "Both (hybrid)": "hybrid",
+}
+
+
+def settings_widgets(
+    options: SearchOptions, sources: list[str], *, lexical: bool = True
+) -> list[InputWidget]:
+    """The chat settings panel; each widget's id is a key read by `options_from`.
+
+    ``lexical`` is False where this Milvus has no BM25: only dense search is offered.
+    """
     chosen = options.sources[0] if options.sources else ALL_SOURCES
+    modes = [label for label, mode in SEARCH_LABELS.items() if lexical or mode == "dense"]
+    current = next((label for label in modes if SEARCH_LABELS[label] == options.mode), modes[0])
     return [
         Slider(id="k", label="Passages (top-k)", initial=options.k, min=1, max=12, step=1),
         Switch(id="mmr", label="Diversify passages (MMR)", initial=options.mmr),
+        Select(id="search", label="Search by", values=modes, initial_value=current),
         Select(id="source", label="Only this document", values=[ALL_SOURCES, *sources],
                initial_value=chosen if chosen in sources else ALL_SOURCES),
     ]  # fmt: skip
@@ -232,6 +248,7 @@ def options_from(values: dict[str, Any], options: SearchOptions) -> SearchOption
         options,
         k=int(values.get("k", options.k)),
         mmr=bool(values.get("mmr", options.mmr)),
+        mode=SEARCH_LABELS.get(str(values.get("search")), options.mode),
         sources=() if not source or source == ALL_SOURCES else (str(source),),
     )
 
@@ -241,7 +258,8 @@ async def send_settings(helper: Assistant, sources: list[str] | None = None) -> 
     options: SearchOptions = cl.user_session.get("options") or helper.default_options()
     if sources is None:
         sources = await _source_names(helper)
-    await cl.ChatSettings(settings_widgets(options, sources)).send()
+    lexical = not helper.services.store.bm25_unavailable
+    await cl.ChatSettings(settings_widgets(options, sources, lexical=lexical)).send()
 
 
 @cl.on_settings_update
@@ -336,7 +354,8 @@ async def _message(message: cl.Message) -> None:
     reply = cl.Message(content="")
     started = time.perf_counter()
     try:
-        async with cl.Step(name="Retrieval", type="retrieval") as step:
+        # show_input=False: the output already shows the stand-alone question.
+        async with cl.Step(name="Retrieval", type="retrieval", show_input=False) as step:
             events = helper.chain.astream(question, history, options)
             async for event in events:
                 if isinstance(event, Condensed):

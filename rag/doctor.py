@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from rag.embeddings import build_embeddings, embedding_identity
 from rag.errors import RagError
@@ -85,10 +86,37 @@ def _llm(settings: Settings) -> Check:
     return ("chat model", True, f"{settings.llm_model} at {settings.llm_base_url} ({listed})")
 
 
+async def _history(settings: Settings) -> Check:
+    """The chat history database answers (a SQLite file not made yet is fine)."""
+    from sqlalchemy import text
+
+    from rag.history import describe, make_engine
+    from rag.settings import mask_url_password
+
+    url = settings.database_url
+    if not url:
+        return ("chat history", True, "off (RAG_DATABASE_URL is empty)")
+    shown = mask_url_password(url)
+    if url.startswith("sqlite+aiosqlite:///"):
+        path = Path(url.removeprefix("sqlite+aiosqlite:///"))
+        if not await asyncio.to_thread(path.exists):
+            return ("chat history", True, f"{shown} (created at the first `rag ui`)")
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return ("chat history", True, shown)
+    except Exception as error:
+        return ("chat history", False, describe(url, error))
+    finally:
+        await engine.dispose()
+
+
 async def run_checks(settings: Settings) -> list[Check]:
-    milvus, embeddings, llm = await asyncio.gather(
+    milvus, embeddings, llm, history = await asyncio.gather(
         asyncio.to_thread(_milvus, settings),
         _embeddings(settings),
         asyncio.to_thread(_llm, settings),
+        _history(settings),
     )
-    return [milvus, embeddings, llm]
+    return [milvus, embeddings, llm, history]

@@ -51,3 +51,9 @@ class CollectionNotFound(RagError):
     """A command names a collection that does not exist."""
 
     exit_code = 2
+
+
+class HistoryUnavailable(RagError):
+    """The chat history database cannot be reached, or holds no history yet."""
+
+    exit_code = 7

@@ -29,7 +29,7 @@ from chainlit.data.utils import queue_until_user_message
 from sqlalchemy import bindparam, inspect, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from rag.errors import RagError
+from rag.errors import HistoryUnavailable, RagError
 from rag.settings import mask_url_password
 
 if TYPE_CHECKING:
@@ -137,12 +137,6 @@ _INDEXES = [
 ]
 # Any constant: two UI processes starting at once on one PostgreSQL serialise their DDL on it.
 _DDL_LOCK = 7_310_042
-
-
-class HistoryUnavailable(RagError):
-    """The chat history database cannot be reached, or holds no history yet."""
-
-    exit_code = 7
 
 
 def describe(url: str, error: BaseException) -> str:

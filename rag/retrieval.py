@@ -112,7 +112,7 @@ def effective_mode(store: Milvus, mode: SearchMode) -> SearchMode:
     """
     reason = getattr(store, "bm25_unavailable", None)
     if mode != "dense" and reason:
-        log.warning("%s search unavailable (%s): using dense search", mode, reason)
+        log.info("%s search unavailable (%s): using dense search", mode, reason)
         return "dense"
     return mode
 

@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 view[name] = "********" if value.get_secret_value() else ""
-            elif name == "database_url" and value:
+            elif name in ("database_url", "milvus_uri") and value:
                 view[name] = mask_url_password(value)
             else:
                 view[name] = value

@@ -24,6 +24,7 @@ from langchain_milvus import Milvus
 from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusException
 
 from rag.errors import CollectionNotFound, EmbeddingMismatch, StoreUnavailable
+from rag.settings import mask_url_password
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -124,13 +125,19 @@ def connection_args(settings: Settings) -> dict[str, Any]:
 
 
 def describe_failure(settings: Settings, error: BaseException) -> str:
-    """One line on why Milvus failed, never including the token."""
-    where = settings.milvus_uri
+    """One line on why Milvus failed, never including the token or a password in the URI."""
+    where = mask_url_password(settings.milvus_uri)
     message = str(getattr(error, "message", "") or error).splitlines()[0] if str(error) else ""
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-    if token:
-        message = message.replace(token, "********")
+    for secret in (token, *_uri_password(settings.milvus_uri)):
+        if secret:
+            message = message.replace(secret, "********")
     return f"cannot use Milvus at {where}: {message or type(error).__name__}"
+
+
+def _uri_password(uri: str) -> list[str]:
+    found = re.match(r"^[a-z]+://[^:/@]+:([^@]*)@", uri)
+    return [found[1]] if found else []
 
 
 def connect(settings: Settings) -> MilvusClient:

@@ -41,7 +41,29 @@ def prepare_app_root(ui_dir: Path) -> Path:
     return ui_dir
 
 
-def render_welcome(collection: str, models: str, sources: list[str]) -> str:
+SEARCH_WORDS = {
+    "dense": "by meaning (dense vectors)",
+    "bm25": "by keywords (BM25 full-text search)",
+    "hybrid": "by meaning and keywords together (hybrid dense + BM25)",
+}
+
+
+def describe_search(mode: str, bm25_unavailable: str | None) -> str:
+    """One sentence on how passages are found, including why BM25 is off if it is."""
+    if mode != "dense" and bm25_unavailable:
+        return (
+            f"Passages are found {SEARCH_WORDS['dense']}: {mode} search is unavailable "
+            f"({bm25_unavailable})."
+        )
+    text = f"Passages are found {SEARCH_WORDS.get(mode, mode)}"
+    if bm25_unavailable:
+        return text + "; keyword search is unavailable here."
+    return text + "; change it under ⚙️ settings."
+
+
+def render_welcome(
+    collection: str, models: str, sources: list[str], search: str | None = None
+) -> str:
     """The committed welcome text plus what is in the collection right now."""
     lines = [TEMPLATE.read_text(encoding="utf-8").rstrip(), "", "## In this collection", ""]
     if sources:
@@ -55,6 +77,8 @@ def render_welcome(collection: str, models: str, sources: list[str]) -> str:
             f"Collection **{collection}** is empty: run `rag ingest FOLDER` or drop a file here."
         )
     lines += ["", f"Answers come from {models}."]
+    if search:
+        lines += ["", search]
     return "\n".join(lines) + "\n"
 
 

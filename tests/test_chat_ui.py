@@ -213,8 +213,16 @@ async def test_connecting_starts_a_chat_with_settings(chat_ui: ChatUI) -> None:
     client, widgets = await _start(chat_ui)
     try:
         by_id = {w["id"]: w for w in widgets}
-        assert list(by_id) == ["k", "mmr", "source"], widgets
+        assert list(by_id) == ["k", "mmr", "search", "source"], widgets
         assert by_id["mmr"]["initial"] is False
+        # Milvus Lite has BM25, so all three search modes are offered; dense by default
+        search = by_id["search"]
+        assert [item["value"] for item in search["items"]] == [
+            "Meaning (dense vectors)",
+            "Keywords (BM25)",
+            "Both (hybrid)",
+        ]
+        assert search["initial"] == "Meaning (dense vectors)"
         source = by_id["source"]
         assert source["initial"] == "All documents"
         # the filter lists what `rag ingest` stored, read from Milvus by the UI process
@@ -359,6 +367,24 @@ async def test_document_filter_from_chat_settings(chat_ui: ChatUI) -> None:
         text = _answer_text(turn)
         assert "**Closest passages**" in text and "ZX-4471" not in text, text
         assert not any("<documents>" in p for p in chat_ui.chat_prompts())
+    finally:
+        await client.close()
+
+
+async def test_search_mode_from_chat_settings(chat_ui: ChatUI) -> None:
+    """Keywords (BM25) only brings back passages sharing a word with the question;
+    meaning (dense) ranks every passage, so the Retrieval step lists all three."""
+    client, _ = await _start(chat_ui)
+    try:
+        listed = {}
+        for label in ("Meaning (dense vectors)", "Keywords (BM25)", "Both (hybrid)"):
+            await client.change_settings({"k": 4, "search": label, "source": "All documents"})
+            turn = await client.ask("ZX-4471?")
+            (retrieval,) = turn.steps("retrieval")
+            listed[label] = re.findall(r"^\d+\. (\S+)", retrieval["output"], re.M)
+        assert sorted(listed["Meaning (dense vectors)"]) == sorted(DOCS), listed
+        assert listed["Keywords (BM25)"] == ["falcon.txt"], listed
+        assert listed["Both (hybrid)"][0] == "falcon.txt", listed
     finally:
         await client.close()
 

@@ -280,11 +280,6 @@ def test_token_is_not_printed_when_the_server_is_unreachable(
     assert_no_canary(ingest_run, doctor_run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a password in RAG_MILVUS_URI (http://user:password@host, which pymilvus accepts) "
-    "is printed by the error line and by `rag doctor`",
-)
 def test_password_in_the_uri_is_not_printed(tmp_path: Path, openai_server: FakeServer) -> None:
     uri = f"http://root:{CANARY}@127.0.0.1:{free_port()}"
     variables = rag_variables(uri, openai_server) | {"RAG_MILVUS_TIMEOUT": "2"}

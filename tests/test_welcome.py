@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag.welcome import TEMPLATE, load_starters, prepare_app_root, render_welcome, write_welcome
+from rag.welcome import (
+    TEMPLATE,
+    describe_search,
+    load_starters,
+    prepare_app_root,
+    render_welcome,
+    write_welcome,
+)
 
 
 def test_bundled_starters_load() -> None:
@@ -47,3 +54,32 @@ def test_runtime_root_gets_config_and_page_but_template_is_never_overwritten(
     before = TEMPLATE.read_text()
     write_welcome(TEMPLATE.parent, "must not land")
     assert TEMPLATE.read_text() == before
+
+
+def test_welcome_says_how_passages_are_found_and_why_keywords_are_off() -> None:
+    hybrid = describe_search("hybrid", None)
+    assert "hybrid" in hybrid and "settings" in hybrid
+    assert "hybrid" in render_welcome("c", "m", ["a.md"], hybrid)
+    old_server = "Milvus v2.3.5 has no BM25 full-text functions"
+    fallback = describe_search("hybrid", old_server)
+    assert "dense" in fallback and "unavailable" in fallback and old_server in fallback
+    assert "unavailable" in describe_search("dense", old_server)
+    assert "unavailable" not in describe_search("dense", None)
+
+
+def test_chat_settings_offer_search_modes_only_where_bm25_exists() -> None:
+    from rag.chat_app import SEARCH_LABELS, options_from, settings_widgets
+    from rag.retrieval import SearchOptions
+
+    options = SearchOptions(mode="hybrid")
+    (search,) = [w for w in settings_widgets(options, ["a.md"]) if w.id == "search"]
+    assert [SEARCH_LABELS[v] for v in search.values] == ["dense", "bm25", "hybrid"]
+    assert SEARCH_LABELS[search.initial_value] == "hybrid"
+    (dense_only,) = [
+        w for w in settings_widgets(options, ["a.md"], lexical=False) if w.id == "search"
+    ]
+    assert [SEARCH_LABELS[v] for v in dense_only.values] == ["dense"]
+
+    label = next(k for k, v in SEARCH_LABELS.items() if v == "bm25")
+    assert options_from({"search": label}, SearchOptions()).mode == "bm25"
+    assert options_from({}, options).mode == "hybrid", "a missing key keeps the mode"

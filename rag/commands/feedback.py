@@ -13,13 +13,16 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rag.cli import app, console, fail, run_async, settings_or_exit
 from rag.errors import ConfigError
-from rag.history import FeedbackRecord, read_feedback
+
+if TYPE_CHECKING:
+    # rag.history imports chainlit (about 1.5 s): only `rag feedback` itself loads it.
+    from rag.history import FeedbackRecord
 
 CSV_COLUMNS = ["thread_id", "user", "question", "answer", "sources", "score", "comment", "time"]
 
@@ -73,6 +76,8 @@ def feedback(
     settings = settings_or_exit()
     if not settings.database_url:
         raise fail(ConfigError("chat history is off: set RAG_DATABASE_URL to read its feedback"))
+    from rag.history import read_feedback
+
     url = settings.database_url
     records = run_async(lambda: read_feedback(url))
     if score is not None:
