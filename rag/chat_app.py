@@ -179,18 +179,24 @@ async def _source_names(helper: Assistant) -> list[str]:
         return []
 
 
-@cl.on_chat_start
-async def _start() -> None:
-    cl.user_session.set("history", [])
-    _retry_history()
+async def _assistant_or_say_why() -> Assistant | None:
+    """The shared assistant, or None after telling the user what is down."""
     try:
-        helper = await assistant()
+        return await assistant()
     except RagError as error:
         await cl.Message(
             content=_unreachable(error, "I'll try again with your next message.")
         ).send()
-        return
-    await _ready_session(helper)
+        return None
+
+
+@cl.on_chat_start
+async def _start() -> None:
+    cl.user_session.set("history", [])
+    _retry_history()
+    helper = await _assistant_or_say_why()
+    if helper is not None:
+        await _ready_session(helper)
 
 
 @cl.on_chat_resume
@@ -198,15 +204,10 @@ async def _resume(thread: ThreadDict) -> None:
     """Reopen a past conversation: its questions and answers become the chat's memory again."""
     turns = turns_from_steps(list(thread.get("steps") or []))
     cl.user_session.set("history", turns[-KEPT_TURNS:])
-    try:
-        helper = await assistant()
-    except RagError as error:
-        await cl.Message(
-            content=_unreachable(error, "I'll try again with your next message.")
-        ).send()
-        return
-    # Chainlit restored the thread's last chat settings into the session.
-    await _ready_session(helper, cl.context.session.chat_settings or {})
+    helper = await _assistant_or_say_why()
+    if helper is not None:
+        # Chainlit restored the thread's last chat settings into the session.
+        await _ready_session(helper, cl.context.session.chat_settings or {})
 
 
 async def _ready_session(helper: Assistant, values: dict[str, Any] | None = None) -> None:

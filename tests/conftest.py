@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient
 
 import rag.services
+from bench.services import wait_for_milvus
 from ingest.pipeline import FileOutcome, IngestReport, ingest_path
 from rag.embeddings import LocalMiniLMEmbeddings
 from rag.services import Services, open_services
@@ -303,23 +303,8 @@ def fake_openai() -> Iterator[FakeServer]:
         yield server
 
 
-def _wait_for_milvus(uri: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"milvus-lite server exited with {process.returncode}")
-        try:
-            client = MilvusClient(uri=uri, timeout=2)
-            try:
-                client.list_collections()
-                return
-            finally:
-                client.close()
-        except Exception as error:  # not listening yet
-            last = error
-            time.sleep(0.2)
-    raise TimeoutError(f"milvus-lite server at {uri} not ready after {timeout}s: {last}")
+# One readiness check for tests and benchmarks (bench/services.py owns it).
+_wait_for_milvus = wait_for_milvus
 
 
 @pytest.fixture(scope="module")
