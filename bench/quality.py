@@ -250,8 +250,16 @@ def write(dataset: Dataset, rows: list[Row], command: str, out: Path) -> tuple[P
         "dataset": dataset.name,
         "relevance_floor": RELEVANCE_FLOOR,
         "best_floor_dense": {"floor": floor, "balanced_accuracy": balanced},
+        # Per question only the rank of the first hit and the best score, by dataset line:
+        # the full results of 24 configurations would be megabytes in the repository.
         "rows": [
-            {"chunk_size": r.chunk_size, "chunks": r.chunks} | r.summary.to_dict() for r in rows
+            {"chunk_size": r.chunk_size, "chunks": r.chunks}
+            | {k: v for k, v in r.summary.to_dict().items() if k != "results"}
+            | {
+                "rank_by_line": {str(q.line): q.rank for q in r.summary.results},
+                "best_score_by_line": {str(q.line): q.best_score for q in r.summary.results},
+            }
+            for r in rows
         ],
     }
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")

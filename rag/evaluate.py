@@ -65,7 +65,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.errors import RagError
+from rag.errors import CollectionNotFound, RagError
 from rag.retrieval import Hit, SearchMode, SearchOptions, retrieve
 
 if TYPE_CHECKING:
@@ -293,11 +293,12 @@ def ndcg(rank: int | None, depth: int = DEPTH) -> float:
 
 
 REFUSAL = re.compile(
-    r"documents? (do|does)n'?t (say|mention|cover|contain)"
-    r"|(do|does)(n'?t| not) (say|mention|cover|contain|know|have)"
-    r"|(can|could)(n'?t|not| not) (find|answer|tell|determine|say)"
-    r"|no (information|mention|answer|details?)|not (mentioned|covered|stated|specified)"
-    r"|nothing (about|in the documents)|(unable|not able) to (find|answer)|i'?m not sure",
+    r"\b(documents?|passages?|context) (do|does)(n'?t| not) (say|mention|cover|contain|answer)"
+    r"|\bi (do not|don'?t) know\b|\bi'?m not sure\b"
+    r"|\b(can|could)(n'?t|not| not) (find|answer|tell|determine)"
+    r"|\bno (information|mention|answer|details?) (about|on|of|regarding|for|in)\b"
+    r"|\bnot (mentioned|covered|stated|specified|found) in the (documents?|passages?)"
+    r"|\b(unable|not able) to (find|answer)",
     re.IGNORECASE,
 )
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
@@ -492,6 +493,16 @@ def effective_mode(store: Milvus, mode: str) -> str:
 Progress = Callable[[str, int, int], None]
 
 
+async def require_documents(store: Milvus) -> None:
+    """An empty collection would score 0 everywhere and look like a retrieval bug."""
+    rows = await store.aclient.query(store.collection_name, filter="", output_fields=["count(*)"])
+    if not rows or not int(rows[0]["count(*)"]):
+        raise CollectionNotFound(
+            f"collection {store.collection_name!r} is empty: ingest the documents the "
+            "questions are about first (rag ingest FOLDER)"
+        )
+
+
 async def evaluate_retrieval(
     store: Milvus,
     dataset: Dataset,
@@ -589,8 +600,10 @@ def headline(summaries: Sequence[Summary]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for s in summaries:
         name = s.config + (f" (ran {s.effective_mode})" if s.effective_mode != s.mode else "")
-        row = [name, *(_cell(s.recall[k]) for k in (1, 5, 10)), _cell(s.recall_at_k)]
-        row += [_cell(s.mrr), _cell(s.ndcg), _cell(s.no_answer_accuracy)]
+        ranked = [*(s.recall[k] for k in (1, 5, 10)), s.recall_at_k, s.mrr, s.ndcg]
+        # Without answerable questions there is nothing to rank: "–", not a misleading 0.
+        row = [name, *(_cell(v if s.answerable else None) for v in ranked)]
+        row.append(_cell(s.no_answer_accuracy))
         if with_answers:
             row += [_cell((s.answers or {}).get(k)) for k in answer_keys]
         rows.append(row)

@@ -128,6 +128,7 @@ def test_refusals_and_citations() -> None:
     assert refuses(Answer("q", "q", "I could not find that in the passages.", hits))
     assert refuses(Answer("q", "q", "Anything", hits, answered=False))  # NOTHING_FOUND
     assert not refuses(Answer("q", "q", "It is 40 Nm [1].", hits))
+    assert not refuses(Answer("q", "q", "The crew does not have other devices [2].", hits))
     assert citations("See [1][2] and [1, 3].") == [1, 2, 1, 3]
 
 
@@ -236,6 +237,15 @@ def test_rag_eval_names_the_bad_line(eval_env: Path) -> None:
     result = CliRunner().invoke(app, ["eval", str(eval_env)])
     assert result.exit_code == 2
     assert "smoke.jsonl, line 1: 'source' is missing" in result.output
+
+
+def test_rag_eval_refuses_an_empty_collection(
+    eval_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAG_COLLECTION", "eval_empty")
+    result = CliRunner().invoke(app, ["eval", str(eval_env)])
+    assert result.exit_code == 2
+    assert "collection 'eval_empty' is empty" in result.output
 
 
 def test_rag_eval_answers_checks_citations_gold_and_refusals(

@@ -76,6 +76,7 @@ def evaluate(
         evaluate_retrieval,
         headline,
         load_dataset,
+        require_documents,
         subset,
         tag_table,
         write_reports,
@@ -101,6 +102,7 @@ def evaluate(
             from rag.assistant import open_assistant
 
             async with open_assistant(settings) as assistant:
+                await require_documents(assistant.services.store)
                 console.print(f"answers from {assistant.llm_label}", highlight=False)
                 return [
                     await evaluate_answers(assistant.chain, gold, config, progress)
@@ -109,6 +111,7 @@ def evaluate(
         from rag.services import open_services
 
         services = await open_services(settings)
+        await require_documents(services.store)
         return [
             await evaluate_retrieval(
                 services.store, gold, config, settings.relevance_floor, progress
