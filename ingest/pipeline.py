@@ -8,6 +8,7 @@ the faster ones wait instead of filling memory; writes are concurrent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from langchain_core.documents import Document
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential,
@@ -43,6 +45,7 @@ Status = Literal["added", "updated", "unchanged", "removed", "skipped", "failed"
 PREPARERS = 2  # loading/splitting is cheap next to embedding; two overlap disk and CPU
 UPLOADS_PREFIX = "uploads/"  # sources added through the chat UI
 MATERIALISE_LIMIT = 1024 * 1024  # characters of chunks held before a file is streamed
+MAX_RETRY_AFTER = 120.0  # a longer Retry-After is capped: the run says so rather than hang
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,15 @@ class _Batch:
 
 
 def _permanent(error: BaseException) -> bool:
-    """Errors no retry can fix: bad credentials, bad requests, our own checks."""
+    """Errors no retry can fix: bad credentials, bad requests, our own checks.
+
+    A timeout of the embedding endpoint counts too: its client already retried it
+    (``rag.embeddings.EMBEDDING_RETRIES``), and retrying every timed-out try again here
+    would multiply the worst case (attempts x timeout) instead of bounding it.
+    """
     if isinstance(error, (RagError, ValueError, TypeError, KeyError, AssertionError)):
+        return True
+    if type(error).__module__.startswith("openai") and "Timeout" in type(error).__name__:
         return True
     status = getattr(error, "status_code", None)
     return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
@@ -164,9 +174,14 @@ class Pipeline:
         self.retry_max_wait = retry_max_wait
         self.splitter = Splitter(settings.chunk_size, settings.chunk_overlap)
         self.report = IngestReport()
+        self._released = False  # Milvus said the collection is not loaded (server restart)
         self.ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     async def run(self, root: Path) -> IngestReport:
+        with _quiet_milvus_client():
+            return await self._run(root)
+
+    async def _run(self, root: Path) -> IngestReport:
         started = time.perf_counter()
         _base, walk = await asyncio.to_thread(discover, root, self.include, self.exclude)
         single_file = await asyncio.to_thread(is_single_file, root)
@@ -199,9 +214,7 @@ class Pipeline:
             await self._wait([batcher, *writers], [])
             await asyncio.gather(*(self._finish(job) for job in jobs))
         finally:
-            for task in (*preparers, batcher, *writers):
-                task.cancel()
-            await asyncio.gather(*preparers, batcher, *writers, return_exceptions=True)
+            await _cancel_all([*preparers, batcher, *writers])
         if not self.keep_missing and not single_file:
             await self._remove_missing({f.source for f in found})
         await asyncio.to_thread(self._flush)
@@ -382,17 +395,47 @@ class Pipeline:
         await self._retry(insert)
 
     async def _retry(self, func, *args):  # type: ignore[no-untyped-def]
-        """Run ``func`` with exponential back-off on transient errors, then fail in one line."""
+        """Run ``func`` with exponential back-off on transient errors, then fail in one line.
+
+        A wait is never shorter than the Retry-After the server asked for, and each wait
+        is announced in one line, so an outage shows as a few notes and not as silence.
+        """
+        backoff = wait_exponential(multiplier=0.5, max=self.retry_max_wait) + wait_random(0, 0.5)
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            asked = _retry_after(error) if error is not None else None
+            return max(backoff(state), min(asked, MAX_RETRY_AFTER) if asked else 0.0)
+
+        def announce(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            if error is None:
+                return
+            seconds = state.next_action.sleep if state.next_action else 0.0
+            self.reporter.note(
+                "(retry)",
+                f"{_explain(error, self.settings)}; trying again in {seconds:.1f} s "
+                f"(attempt {state.attempt_number + 1} of {self.retry_attempts})",
+            )
+
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.retry_attempts),
-                wait=wait_exponential(multiplier=0.5, max=self.retry_max_wait)
-                + wait_random(0, 0.5),
+                wait=wait,
                 retry=retry_if_exception(lambda e: not _permanent(e)),
+                before_sleep=announce,
                 reraise=True,
             ):
                 with attempt:
-                    return await func(*args)
+                    if attempt.retry_state.attempt_number > 1 and self._released:
+                        # A restarted Milvus server comes back with the collection released.
+                        await self.store.aclient.load_collection(self.store.collection_name)
+                        self._released = False
+                    try:
+                        return await func(*args)
+                    except Exception as error:
+                        self._released = self._released or _released(error)
+                        raise
         except RagError:
             raise
         except Exception as error:
@@ -439,6 +482,55 @@ class Pipeline:
             log.debug("flush failed: %s", error)
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the stage tasks and wait until every one has ended.
+
+    One ``cancel()`` is not always enough on Python 3.11: ``asyncio.wait_for`` (the
+    batcher's) can swallow a cancellation that lands as its inner get completes, and the
+    batcher then blocks forever putting into a queue no writer reads. So cancel again
+    until all are done; a failed run must end, not hang.
+    """
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+        pending = [t for t in pending if not t.done()]
+    for task in tasks:  # retrieve exceptions so none is reported as never retrieved
+        if not task.cancelled():
+            task.exception()
+
+
+@contextlib.contextmanager
+def _quiet_milvus_client() -> Iterator[None]:
+    """Silence pymilvus' own per-attempt tracebacks while the pipeline retries.
+
+    pymilvus logs every failed call with a full traceback through its own handler; the
+    pipeline already reports each retry and the final failure in one line, so an
+    outage would otherwise bury those lines under hundreds of traceback lines.
+    Debug logging (``rag -v``) keeps them.
+    """
+    global _quieted, _saved_level
+    logger = logging.getLogger("pymilvus")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    if _quieted == 0:  # runs may overlap (chat uploads): the first saves, the last restores
+        _saved_level = logger.level
+        logger.setLevel(logging.CRITICAL)
+    _quieted += 1
+    try:
+        yield
+    finally:
+        _quieted -= 1
+        if _quieted == 0:
+            logger.setLevel(_saved_level)
+
+
+_quieted = 0
+_saved_level = logging.NOTSET
+
+
 def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | int:
     """Small files: the chunk list. Huge streamed files: only the count (a cheap first pass),
     because every row records the file's chunk count before the file is fully read."""
@@ -460,8 +552,32 @@ def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | i
     return first
 
 
+def _released(error: BaseException) -> bool:
+    """Milvus refused a query because the collection is not loaded (as after a restart)."""
+    text = str(error).lower()
+    return "released" in text or "not loaded" in text
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """Seconds a rate-limited (429) or unavailable (503) server asked us to wait, if it did."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            continue
+    return None
+
+
 def _explain(error: BaseException, settings: Settings) -> RagError:
     """One line for an error that survived every retry, naming the service at fault."""
+    from rag.embeddings import EMBEDDING_RETRIES, EMBEDDING_TIMEOUT
     from rag.store import describe_failure
 
     module = type(error).__module__
@@ -473,11 +589,24 @@ def _explain(error: BaseException, settings: Settings) -> RagError:
                 f"embedding endpoint {where} rejected the API key (401); "
                 "check RAG_EMBEDDING_API_KEY"
             )
+        if "Timeout" in type(error).__name__:
+            return ModelUnavailable(
+                f"embedding endpoint {where} did not answer within {EMBEDDING_TIMEOUT:g} s "
+                f"({EMBEDDING_RETRIES + 1} tries)"
+            )
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        # A proxy may echo the key it was sent in its error text.
+        key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else ""
+        if key:
+            first = first.replace(key, "********")
         return ModelUnavailable(f"embedding endpoint {where} failed: {first}")
     if module.startswith(("pymilvus", "grpc")) or isinstance(
         error, (ConnectionError, TimeoutError)
     ):
+        details = getattr(error, "details", None)
+        if callable(details) and callable(getattr(error, "code", None)):
+            # A raw gRPC error's first line is "<AioRpcError of RPC that terminated with:".
+            error = ConnectionError(f"{error.code().name}: {details()}")  # type: ignore[attr-defined]
         return StoreUnavailable(describe_failure(settings, error))
     return IngestFailed(f"ingest stopped: {type(error).__name__}: {error}")
 

