@@ -42,7 +42,9 @@ from tests.conftest import QUESTIONS_FILE, Corpus, sample_sources
 from tests.fake_openai import FakeServer
 
 # Measured with dense search on the session corpus (chunk size 1000, all-MiniLM-L6-v2):
-# recall@5 = 1.0 on SMOKE_LINES (and 0.95 on the whole gold set), so 0.8 allows one miss.
+# recall@5 = 5/6 = 0.833 on SMOKE_LINES (the miss is E-342: right file, wrong chunks, as
+# usual for exact ids in pure vector search) and 0.863 on the whole gold set. Retrieval is
+# deterministic, so any further miss fails.
 RECALL5_FLOOR = 0.8
 # Gold-set lines for the smoke runs: exact ids, a paraphrase, a PDF page, two unanswerable.
 SMOKE_LINES = [1, 11, 14, 16, 19, 53, 55, 87]

@@ -63,7 +63,7 @@ def evaluate(
     ] = None,
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Folder for <dataset>.json and <dataset>.md."),
+        typer.Option("--out", "-o", help="Folder for eval_<dataset>.json and eval_<dataset>.md."),
     ] = Path("bench/results"),
     collection: CollectionOption = None,
 ) -> None:
