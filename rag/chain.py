@@ -96,12 +96,26 @@ class AnswerInterrupted(ModelUnavailable):
         self.partial = partial
 
 
+# A line that opens with "[n]" looks like the start of a passage: inside a passage it is
+# made "(n)", so a document cannot forge a passage of its own with another number or source.
+_PASSAGE_HEADER = re.compile(r"^([ \t]*)\[(\d+)\]", re.MULTILINE)
+
+
+def _inert(text: str) -> str:
+    """Document text that can neither close the fence nor pose as another passage."""
+    return _PASSAGE_HEADER.sub(r"\1(\2)", text.replace("</documents>", "</ documents>"))
+
+
 def format_context(hits: Sequence[Hit]) -> str:
-    """Numbered passages, fenced so the model can tell data from instructions."""
+    """Numbered passages, fenced so the model can tell data from instructions.
+
+    Passages are data: their text (and their file name, which is text too and may hold
+    a newline) is neutralised so that the numbers the model sees are exactly ours.
+    """
     blocks = []
     for number, hit in enumerate(hits, 1):
-        body = hit.document.page_content.replace("</documents>", "</ documents>")
-        blocks.append(f"[{number}] (source: {hit.label()})\n{body}")
+        label = _inert(" ".join(hit.label().split()))
+        blocks.append(f"[{number}] (source: {label})\n{_inert(hit.document.page_content)}")
     return "\n\n".join(blocks)
 
 
@@ -109,8 +123,17 @@ def _history_text(history: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{role.capitalize()}: {text}" for role, text in history[-HISTORY_TURNS:])
 
 
-def describe_llm_error(error: BaseException, where: str) -> str:
-    """One readable line for a failed model call."""
+def describe_llm_error(error: BaseException, where: str, secrets: Sequence[str] = ()) -> str:
+    """One readable line for a failed model call; ``secrets`` never appear in it (a proxy
+    may echo the API key it was sent in its error text)."""
+    line = _describe_llm_error(error, where)
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, "********")
+    return line
+
+
+def _describe_llm_error(error: BaseException, where: str) -> str:
     name = type(error).__name__
     status = getattr(error, "status_code", None)
     if status == 429:
@@ -146,6 +169,8 @@ class RagChain:
         llm_name: str = "the chat model",
     ) -> None:
         self.store = store
+        key = getattr(llm, "openai_api_key", None)
+        self.secrets = (key.get_secret_value(),) if hasattr(key, "get_secret_value") else ()
         self.relevance_floor = relevance_floor
         self.llm_name = llm_name
         self.condense_chain = prompts.condense | llm | StrOutputParser()
@@ -160,7 +185,9 @@ class RagChain:
                 {"chat_history": _history_text(history), "question": question}
             )
         except Exception as error:
-            raise ModelUnavailable(describe_llm_error(error, self.llm_name)) from error
+            raise ModelUnavailable(
+                describe_llm_error(error, self.llm_name, self.secrets)
+            ) from error
         text = re.sub(
             r"^(stand-?alone( question)?|standalone)\s*:\s*", "", text.strip(), flags=re.I
         )
@@ -199,7 +226,7 @@ class RagChain:
                     parts.append(token)
                     yield Token(token)
         except Exception as error:
-            message = describe_llm_error(error, self.llm_name)
+            message = describe_llm_error(error, self.llm_name, self.secrets)
             if parts:
                 raise AnswerInterrupted(
                     f"the chat model at {self.llm_name} stopped mid-answer: "

@@ -85,6 +85,7 @@ async def test_429_retry_after_is_honoured_without_a_retry_storm(
     assert min(gaps) >= retry_after - 0.05, f"Retry-After ignored: gaps {gaps}"
 
 
+@pytest.mark.heavy
 async def test_server_errors_are_retried_and_nothing_is_lost(
     open_env: OpenEnv, endpoint: FakeServer, folder: Path
 ) -> None:
