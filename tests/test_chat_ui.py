@@ -215,14 +215,14 @@ async def test_connecting_starts_a_chat_with_settings(chat_ui: ChatUI) -> None:
         by_id = {w["id"]: w for w in widgets}
         assert list(by_id) == ["k", "mmr", "search", "source"], widgets
         assert by_id["mmr"]["initial"] is False
-        # Milvus Lite has BM25, so all three search modes are offered; dense by default
+        # Milvus Lite has BM25, so all three search modes are offered
         search = by_id["search"]
         assert [item["value"] for item in search["items"]] == [
             "Meaning (dense vectors)",
             "Keywords (BM25)",
             "Both (hybrid)",
         ]
-        assert search["initial"] == "Meaning (dense vectors)"
+        assert search["initial"] == "Both (hybrid)", "hybrid is the default mode"
         source = by_id["source"]
         assert source["initial"] == "All documents"
         # the filter lists what `rag ingest` stored, read from Milvus by the UI process

@@ -149,8 +149,10 @@ async def test_second_run_changes_nothing(corpus: Corpus) -> None:
 # --------------------------------------------------------------------------------------------
 
 ANSWERABLE = [q for q in load_questions() if not q.get("unanswerable")]
-RETRIEVAL_FLOOR = 0.85  # measured: 52 of 54 questions (0.96) have the gold source in the top 5
-assert len(ANSWERABLE) == 54
+# Measured: 74 of 80 questions (0.925) have the gold source in the top 5 with dense
+# search (the question text as written; follow-ups without their history).
+RETRIEVAL_FLOOR = 0.85
+assert len(ANSWERABLE) == 80
 
 
 @session_loop
