@@ -3,18 +3,25 @@
 Markdown (and HTML/DOCX, whose headings the loaders turn into Markdown) is first
 split on headings so each chunk knows its section; everything is then cut by
 the recursive character splitter to the configured size.
+
+Sections are found here rather than by langchain's MarkdownHeaderTextSplitter: that one
+rebuilds the text line by line and drops every character ``str.isprintable`` rejects,
+so tabs vanished ("Drone\t1200" became "Drone1200"), as did zero-width joiners inside
+emoji, right-to-left marks and code indentation. Here a section is a verbatim slice.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
+from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from ingest.loaders import LoadedFile
 
-HEADINGS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
+MAX_HEADING_LEVEL = 4  # "#" to "####" start a section; deeper headings stay in the text
+_HEADING = re.compile(rf"(#{{1,{MAX_HEADING_LEVEL}}})(?:\s+(.*))?")
 
 
 @dataclass(frozen=True)
@@ -33,19 +40,13 @@ class Splitter:
         self.recursive = RecursiveCharacterTextSplitter(
             chunk_size=chunk_size, chunk_overlap=chunk_overlap, strip_whitespace=True
         )
-        self.markdown = MarkdownHeaderTextSplitter(
-            headers_to_split_on=HEADINGS, strip_headers=False
-        )
 
     def chunks(self, loaded: LoadedFile) -> Iterator[Chunk]:
         """Blocking, lazy and deterministic: the same file always gives the same chunks."""
         for part in loaded.parts():
             if loaded.markdown:
-                for section in self.markdown.split_text(part.text):
-                    path = " > ".join(
-                        section.metadata[key] for _, key in HEADINGS if key in section.metadata
-                    )
-                    yield from self._cut(section.page_content, part.page, path)
+                for path, text in sections(part.text):
+                    yield from self._cut(text, part.page, path)
             else:
                 yield from self._cut(part.text, part.page, "")
 
@@ -53,3 +54,35 @@ class Splitter:
         for piece in self.recursive.split_text(text):
             if piece.strip():
                 yield Chunk(piece, page, section)
+
+
+def sections(text: str) -> Iterator[tuple[str, str]]:
+    """(heading path like "Guide > Install", verbatim text) for each Markdown section.
+
+    A heading line (stripped) is 1 to 4 "#" then a space or nothing; lines inside ```
+    or ~~~ fences are never headings. The heading line stays in its section's text.
+    Slices are contiguous, so joining them gives back ``text`` exactly.
+    """
+    stack: list[tuple[int, str]] = []
+    path, start, position, fence = "", 0, 0, ""
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if fence:
+            if stripped.startswith(fence):
+                fence = ""
+        elif stripped.startswith("```") and stripped.count("```") == 1:
+            fence = "```"
+        elif stripped.startswith("~~~"):
+            fence = "~~~"
+        elif heading := _HEADING.fullmatch(stripped):
+            if position > start:
+                yield path, text[start:position]
+            start = position
+            level, title = len(heading[1]), (heading[2] or "").strip()
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, title))
+            path = " > ".join(t for _, t in stack if t)
+        position += len(line)
+    if position > start:
+        yield path, text[start:position]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.pipeline import ingest_path
@@ -272,6 +272,8 @@ def test_a_document_with_instructions_changes_nothing_the_chain_controls(
 
 
 @settings(max_examples=100, deadline=None)
+@example(name="link.txt")  # an existing symlink to a file outside the upload folder
+@example(name="../victim.txt")
 @given(
     name=st.one_of(
         st.text(max_size=300),
