@@ -303,11 +303,12 @@ async def test_2500_questions_in_waves_of_sessions_keep_memory_bounded(chat: Cha
         await asyncio.sleep(2)  # let the server notice the disconnects
         rss.append(rss_kib(pid))
     print(f"RSS KiB after each wave of 250 questions: {rss}")
-    # Measured: RSS climbs through the first ~5 waves (allocator pools, caches, the history
-    # database), then flattens. A leak per question or per session would keep climbing:
-    # over the last 5 waves (1250 questions, 250 sessions) it must grow less than 40 MB.
-    warm, last = rss[4], rss[-1]
-    assert last - warm < 40 * 1024, f"RSS grew {warm} -> {last} KiB over {5 * 250} questions"
+    # Measured on 2 cores: RSS climbs ~180 MB through the first 6 waves (1500 questions:
+    # allocator pools, caches, the history database), then flattens. A leak per question or
+    # per session would keep climbing: over the last 4 waves (1000 questions, 200 sessions)
+    # it must stay within 40 MB of where it stood after wave 6.
+    warm = rss[5]
+    assert max(rss[5:]) - warm < 40 * 1024, f"RSS kept growing after the warm-up: {rss}"
 
 
 # --------------------------------------------------------------------------------------------

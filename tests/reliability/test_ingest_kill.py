@@ -39,7 +39,8 @@ def document(number: int, version: int = 1) -> str:
 
 @pytest.fixture
 def embeddings() -> Iterator[FakeServer]:
-    with serve(FakeOpenAI(FakeOpenAIConfig(embed_latency=0.05, embed_jitter=0.04))) as server:
+    # ~20 batches over 2 writers at ~0.3 s each: a run takes ~3 s after a ~3 s start-up
+    with serve(FakeOpenAI(FakeOpenAIConfig(embed_latency=0.3, embed_jitter=0.1))) as server:
         yield server
 
 
@@ -94,11 +95,15 @@ def test_random_kills_then_a_rerun_equal_a_clean_ingest(
     rng = random.Random(seed)
     folder = write_files(tmp_path / "docs", {f"s{n:02d}.md": document(n) for n in range(FILES)})
     env = variables(restartable_milvus, embeddings, "docs")
-    kills = 0
     # One or two kills at random moments: the first anywhere from start-up to mid-run, a
     # second (on some seeds) into the re-run itself.
-    for attempt in range(rng.choice([1, 2])):
-        kills += killed_run(folder, tmp_path / f"kill{attempt}.log", env, rng.uniform(1.0, 7.0))
+    attempts = rng.choice([1, 2])
+    kills = sum(
+        killed_run(folder, tmp_path / f"kill{attempt}.log", env, rng.uniform(0.5, 5.0))
+        for attempt in range(attempts)
+    )
+    assert kills == attempts, "a run finished before its kill: slow the embeddings down"
+    embeddings.fake.config.embed_latency = 0.0
     complete_run(folder, tmp_path / "rerun.log", env)
     complete_run(folder, tmp_path / "clean.log", variables(restartable_milvus, embeddings, "clean"))
     clean = pairs(rows_of(restartable_milvus, "clean"))
@@ -114,7 +119,9 @@ def test_a_kill_mid_update_keeps_every_file_searchable_then_converges(
     rng = random.Random(seed)
     folder = write_files(tmp_path / "docs", {f"s{n:02d}.md": document(n) for n in range(FILES)})
     env = variables(restartable_milvus, embeddings, "docs")
+    embeddings.fake.config.embed_latency = 0.0
     complete_run(folder, tmp_path / "first.log", env)
+    embeddings.fake.config.embed_latency = 0.3
     for n in range(0, FILES, 2):  # half the files get a longer second revision
         (folder / f"s{n:02d}.md").write_text(document(n, version=2))
     embeddings.fake.reset()
@@ -127,6 +134,7 @@ def test_a_kill_mid_update_keeps_every_file_searchable_then_converges(
         assert time.monotonic() < deadline
         time.sleep(0.005)
     kill_group(process)
+    embeddings.fake.config.embed_latency = 0.0
 
     # While dead: every file still has exactly one complete version stored (maybe plus
     # part of the new one, which the re-run finishes or replaces).
