@@ -1,7 +1,8 @@
 """Run every benchmark part in sequence: `python -m bench [--quick]` (or `rag bench`).
 
 Each part runs in its own process so one part's memory and threads don't colour
-the next part's numbers.
+the next part's numbers. At the end, the headline chart (bench/results/headline.png,
+the one the README shows) is drawn from the figures each part saved as JSON.
 """
 
 from __future__ import annotations
@@ -9,15 +10,29 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from bench.charts import headline
+from bench.report import RESULTS, load_json
+
 PARTS = ["bench.study", "bench.ingest_scale", "bench.serving", "bench.retrieval_latency"]
 
 
+def draw_headline() -> None:
+    path = headline(load_json("study"), load_json("ingest_scale"), load_json("serving"),
+                    RESULTS / "headline.png")  # fmt: skip
+    if path is not None:
+        print(f"headline chart: {path}")
+
+
 def main(argv: list[str]) -> int:
+    if "--headline" in argv:  # redraw from the saved figures only
+        draw_headline()
+        return 0
     quick = ["--quick"] if "--quick" in argv else []
     failed = 0
     for part in PARTS:
         print(f"\n=== {part} {' '.join(quick)}", flush=True)
         failed |= subprocess.call([sys.executable, "-m", part, *quick]) != 0
+    draw_headline()
     return 1 if failed else 0
 
 

@@ -1,10 +1,25 @@
-"""How every benchmark part reports: a rich table on the terminal, the same table in
-Markdown under bench/results/ with the command that produced it."""
+"""How every benchmark part reports, and the probes they share.
+
+Reporting: a rich table on the terminal, the same table in Markdown under
+bench/results/ with the command that produced it, and a chart beside it.
+
+Probes: event-loop lag (a ticker task: if anything blocks the loop, the ticker
+wakes late by that much) and CPU seconds per process of this process tree (the
+client, the fake embedding server and Milvus Lite share the same cores, so a
+stage measured alone may be CPU-bound rather than latency-bound).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -12,6 +27,7 @@ from rich.table import Table
 # Overridable so the smoke test in tests/ runs every part without touching the
 # committed results.
 RESULTS = Path(os.environ.get("RAG_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -19,18 +35,187 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
 def publish(
-    module: str, title: str, columns: list[str], rows: list[list[str]], quick: bool
+    module: str,
+    title: str,
+    columns: list[str],
+    rows: list[list[str]],
+    quick: bool,
+    notes: list[str] | None = None,
+    chart: Path | None = None,
 ) -> None:
-    """Print the table and write bench/results/<module>.md."""
+    """Print the table and write bench/results/<module>.md (notes and chart link below it)."""
     table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+    for note in notes or []:
+        Console().print(note, markup=False)
     command = f"python -m bench.{module}" + (" --quick" if quick else "")
-    lines = [f"## {title}", "", f"Command: `{command}`", "", "| " + " | ".join(columns) + " |",
-             "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
+    lines = [f"## {title}", "", f"Command: `{command}`", "", *markdown_table(columns, rows)]
+    if notes:
+        lines += ["", *notes]
+    if chart is not None:
+        lines += ["", f"![{title}]({chart.name})"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{module}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@dataclass
+class LoopLag:
+    """How late a 10 ms ticker wakes: the longest time the event loop was blocked."""
+
+    interval: float = 0.01
+    lags: list[float] = field(default_factory=list)
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.lags, default=0.0) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.lags, 0.99) * 1000 if self.lags else 0.0
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            self.lags.append(max(0.0, loop.time() - due))
+
+    @contextlib.asynccontextmanager
+    async def watch(self) -> AsyncIterator[LoopLag]:
+        task = asyncio.create_task(self._tick())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _role(cmdline: str) -> str:
+    if "fake_openai" in cmdline:
+        return "embedding server"
+    if "milvus" in cmdline:
+        return "Milvus"
+    return "other"
+
+
+def process_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process and every descendant, by role.
+
+    Linux /proc only; elsewhere just this process. Roles: 'client' (this process),
+    'embedding server' (tests/fake_openai.py), 'Milvus' (milvus-lite's server), 'other'.
+    """
+    me = os.getpid()
+    times = os.times()
+    out = {"client": times.user + times.system}
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    for pid, seconds in cpu.items():
+        ancestor, hops = parents.get(pid), 0
+        while ancestor not in (None, 0, 1, me) and hops < 20:
+            ancestor, hops = parents.get(ancestor), hops + 1
+        if ancestor != me or pid == me:
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            role = _role(cmdline)
+            out[role] = out.get(role, 0.0) + seconds
+    return out
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per role and wall seconds between ``start()`` and ``stop()``."""
+
+    started: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+    _t0: float = 0.0
+
+    def start(self) -> CpuMeter:
+        self.started, self._t0 = process_cpu(), time.perf_counter()
+        return self
+
+    def stop(self) -> CpuMeter:
+        ended, self.wall = process_cpu(), time.perf_counter() - self._t0
+        self.used = {k: v - self.started.get(k, 0.0) for k, v in ended.items()}
+        return self
+
+    def cores(self, role: str) -> float:
+        """Average cores busy for a role over the interval (1.0 = one core all the time)."""
+        return self.used.get(role, 0.0) / self.wall if self.wall else 0.0
+
+    @property
+    def total_cores(self) -> float:
+        return sum(self.used.values()) / self.wall if self.wall else 0.0
+
+
+def save_json(module: str, data: object) -> Path:
+    """bench/results/<module>.json: the figures behind the table, for the headline chart."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{module}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_json(module: str) -> Any:
+    """A part's saved figures, or None when that part has not run into RESULTS."""
+    path = RESULTS / f"{module}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# pymilvus pings every 10 s, even between calls; milvus-lite 3's in-process gRPC server
+# keeps gRPC's defaults (a ping at most every 5 minutes without data, 2 strikes), so a
+# connection older than ~30 s gets GOAWAY "too_many_pings" and reconnecting can fail
+# ("Fail connecting to server ... Too many pings"): seen killing a whole benchmark part.
+LITE_KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+
+
+def tolerate_lite_keepalive() -> None:
+    """Start milvus-lite's in-process gRPC server with pymilvus' keepalive pings allowed.
+
+    A benchmark-side workaround, so parts measure throughput rather than reconnects;
+    the app itself still has the problem (reported for rag/store.py).
+    """
+    try:
+        import grpc
+        from milvus_lite.adapter.grpc import server as lite_server
+    except ImportError:
+        return
+    if isinstance(lite_server.grpc, _KeepaliveGrpc):
+        return
+    lite_server.grpc = _KeepaliveGrpc(grpc)  # type: ignore[assignment]
+
+
+class _KeepaliveGrpc:
+    """The grpc module as milvus_lite's server module sees it, with ping-tolerant servers."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def server(self, *args: Any, options: Any = (), **kwargs: Any) -> Any:
+        return self._module.server(*args, options=[*options, *LITE_KEEPALIVE_OPTIONS], **kwargs)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import percentile, publish
+from bench import charts
+from bench.report import RESULTS, percentile, publish, save_json, tolerate_lite_keepalive
 from rag.embeddings import LocalMiniLMEmbeddings
 from rag.settings import load_settings
 from rag.store import open_store
@@ -45,7 +46,12 @@ async def measure(size: int) -> dict[str, float | str]:
         store = await asyncio.to_thread(open_store, settings, LocalMiniLMEmbeddings(), DIM)
         rng = np.random.default_rng(size)
         text_fields = ("source", "title", "section", "content_hash", "file_hash", "ingested_at")
-        meta = dict.fromkeys(text_fields, "x") | {"page": 0, "chunk_index": 0, "chunk_count": 1}
+        meta = dict.fromkeys(text_fields, "x") | {
+            "page": 0,
+            "chunk_index": 0,
+            "chunk_count": 1,
+            "file_size": 1,
+        }
         for start in range(0, size, 5000):
             vectors = rng.normal(size=(min(5000, size - start), DIM)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -70,7 +76,25 @@ async def measure(size: int) -> dict[str, float | str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def chart(results: list[dict[str, float | str]], path: Path) -> Path:
+    """p50 and p95 search latency against rows, before (dashed) and after a flush (log-log)."""
+    fig, (ax,) = charts.figure(1, width=7.2, height=4.6)
+    rows = [float(r["rows"]) for r in results]
+    series = {
+        "before flush p95": [float(r["before_p95"]) for r in results],
+        "before flush p50": [float(r["before_p50"]) for r in results],
+        "after flush p95": [float(r["after_p95"]) for r in results],
+        "after flush p50": [float(r["after_p50"]) for r in results],
+    }
+    styles = {"before flush p95": "--", "before flush p50": "--"}
+    title = f"Milvus Lite search, k=4, {DIM}-d vectors, {QUERIES} queries per point"
+    charts.lines(ax, rows, series, xlabel="rows in the collection (log)", styles=styles,
+                 ylabel="search latency, ms (log)", logx=True, logy=True, title=title)  # fmt: skip
+    return charts.save(fig, path)
+
+
 def main() -> None:
+    tolerate_lite_keepalive()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 rows")
     parser.add_argument("--sizes", default="10000,100000")
@@ -82,9 +106,11 @@ def main() -> None:
              f"{r['after_p50']:.1f} / {r['after_p95']:.1f}",
              f"{float(r['before_p50']) / float(r['after_p50']):.1f}×"]
             for r in results]  # fmt: skip
+    path = chart(results, RESULTS / "retrieval_latency.png")
+    save_json("retrieval_latency", results)
     publish("retrieval_latency", "Search latency on Milvus Lite (ms, k=4)",
             ["rows", "index", "before flush p50/p95", "after flush p50/p95", "speed-up p50"],
-            rows, args.quick)  # fmt: skip
+            rows, args.quick, chart=path)  # fmt: skip
 
 
 if __name__ == "__main__":

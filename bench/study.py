@@ -16,14 +16,17 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import httpx2
 from langchain_core.documents import Document
 from langchain_milvus import Milvus
 from langchain_openai import OpenAIEmbeddings
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import RESULTS
+from bench import charts
+from bench.report import RESULTS, save_json, tolerate_lite_keepalive
 from bench.services import fake_openai, milvus_target
 
 PUBLISHED = {  # seconds: (sync, async)
@@ -37,6 +40,8 @@ PUBLISHED = {  # seconds: (sync, async)
 SEARCH_ROWS = 1000
 PIPELINE_BATCH = 64
 PIPELINE_CONCURRENCY = 4
+KEEPALIVE = 2.0  # seconds a pooled connection may idle (see open_store)
+REQUEST_TIMEOUT = 30.0
 
 
 def documents(n: int, start: int = 0) -> list[Document]:
@@ -51,10 +56,20 @@ def documents(n: int, start: int = 0) -> list[Document]:
 
 
 def open_store(uri: str, base_url: str) -> Milvus:
-    """The study's store: auto_id, drop_old; created up front so concurrent inserts don't race."""
+    """The study's store: auto_id, drop_old; created up front so concurrent inserts don't race.
+
+    Pooled connections expire after 2 s idle, before the fake server (uvicorn: 5 s)
+    closes them: the sync variants block the loop for seconds, and requests sent on
+    connections the server had closed meanwhile were seen to wait for headers forever
+    (in 3 of 6 runs, the naive search after the sync loop). The timeout is a backstop.
+    """
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100,
+                           keepalive_expiry=KEEPALIVE)  # fmt: skip
     embeddings = OpenAIEmbeddings(
         model="text-embedding-3-small", base_url=base_url, api_key="bench",  # type: ignore[arg-type]
-        check_embedding_ctx_length=False, max_retries=6,
+        check_embedding_ctx_length=False, max_retries=6, request_timeout=REQUEST_TIMEOUT,
+        http_async_client=httpx2.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT),
+        http_client=httpx2.Client(limits=limits, timeout=REQUEST_TIMEOUT),
     )  # fmt: skip
     store = Milvus(
         embeddings, collection_name="bench", connection_args={"uri": uri},
@@ -181,9 +196,31 @@ def markdown(target: str, results: dict[tuple[str, int], tuple[float, float, flo
     return "\n".join(lines) + "\n"
 
 
-async def run(targets: list[str], sizes: list[int], latency: float, jitter: float) -> str:
+Results = dict[tuple[str, int], tuple[float, float, float]]
+
+
+def chart(by_target: dict[str, Results], path: Path, latency: float) -> Path:
+    """Seconds per operation and N, sync vs naive gather vs this project (log scale)."""
+    fig, axes = charts.figure(len(by_target), width=7.8, height=4.6)
+    for ax, (target, results) in zip(axes, by_target.items(), strict=True):
+        keys = sorted(results)
+        groups = [f"{op} ×{n}" for op, n in keys]
+        series = {
+            "sync loop": [results[k][0] for k in keys],
+            "naive asyncio.gather": [results[k][1] for k in keys],
+            "this project": [results[k][2] for k in keys],
+        }
+        title = f"Milvus {target}, embedding latency {latency * 1000:.0f} ms/request"
+        charts.bars(ax, groups, series, ylabel="seconds (log)", log=True, title=title)
+    return charts.save(fig, path, "Milvus async tutorial workload: lower is better")
+
+
+async def run(
+    targets: list[str], sizes: list[int], latency: float, jitter: float
+) -> tuple[str, dict[str, Results]]:
     console = Console()
     report = []
+    by_target: dict[str, Results] = {}
     with fake_openai(latency, jitter) as base_url:
         for target in targets:
             with milvus_target(target) as uri:
@@ -194,25 +231,37 @@ async def run(targets: list[str], sizes: list[int], latency: float, jitter: floa
                 results |= await bench_search_delete(uri, base_url, sizes)
                 console.print(render(target, results))
                 report.append(markdown(target, results))
-    return "\n".join(report)
+                by_target[target] = results
+    return "\n".join(report), by_target
 
 
 def main() -> None:
+    tolerate_lite_keepalive()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N=10 and 100 on Milvus Lite only")
     parser.add_argument("--targets", default="lite,lite-server,standalone")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per embedding call")
     parser.add_argument("--jitter", type=float, default=0.05)
+    parser.add_argument("--sizes", default="10,100", help="N per operation, comma-separated")
     args = parser.parse_args()
     targets = ["lite"] if args.quick else args.targets.split(",")
-    text = asyncio.run(run(targets, [10, 100], args.latency, args.jitter))
-    RESULTS.mkdir(exist_ok=True)
+    text, by_target = asyncio.run(
+        run(targets, [int(n) for n in args.sizes.split(",")], args.latency, args.jitter)
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = chart(by_target, RESULTS / "study.png", args.latency)
+    save_json("study", {
+        target: [{"op": op, "n": n, "sync": a, "naive": b, "project": c}
+                 for (op, n), (a, b, c) in sorted(results.items())]
+        for target, results in by_target.items()
+    })  # fmt: skip
     command = "python -m bench.study" + (" --quick" if args.quick else "")
     header = (
         f"## Study workload (latency {args.latency}s ± {args.jitter}s per embedding call)\n\n"
         f"Command: `{command}`\n\n"
     )
-    (RESULTS / "study.md").write_text(header + text, encoding="utf-8")
+    footer = f"\n![study workload: sync vs naive async vs this project]({path.name})\n"
+    (RESULTS / "study.md").write_text(header + text + footer, encoding="utf-8")
 
 
 if __name__ == "__main__":
