@@ -104,7 +104,9 @@ def quote(value: str) -> str:
     Expression templates (``filter_params``) need Milvus 2.5+, and the PyPI Milvus
     server is 2.3, so literals are escaped here instead and never concatenated raw.
     """
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    )
     return f'"{escaped}"'
 
 

@@ -170,7 +170,10 @@ def test_search_finds_the_approval_table(target: Target) -> None:
     run = target.runs["search"]
 
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stderr.strip() == ""
+    if target.kind == "standalone":  # the default hybrid search falls back to dense on 2.3
+        assert "hybrid search is unavailable" in run.stderr and "using dense" in run.stderr
+    else:
+        assert run.stderr.strip() == ""
     assert "Top 4 for:" in run.stdout
     assert EXPENSES[0] in run.stdout
 
