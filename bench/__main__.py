@@ -13,7 +13,13 @@ import sys
 from bench.charts import headline
 from bench.report import RESULTS, load_json
 
-PARTS = ["bench.study", "bench.ingest_scale", "bench.serving", "bench.retrieval_latency"]
+PARTS = [
+    "bench.study",
+    "bench.ingest_scale",
+    "bench.serving",
+    "bench.retrieval_latency",
+    "bench.quality",
+]
 
 
 def draw_headline() -> None:
