@@ -60,13 +60,16 @@ def sections(text: str) -> Iterator[tuple[str, str]]:
     """(heading path like "Guide > Install", verbatim text) for each Markdown section.
 
     A heading line (stripped) is 1 to 4 "#" then a space or nothing; lines inside ```
-    or ~~~ fences are never headings. The heading line stays in its section's text.
-    Slices are contiguous, so joining them gives back ``text`` exactly.
+    or ~~~ fences are never headings. The heading line stays in its section's text, and
+    headings with nothing under them but another heading ride along with that next
+    section (as langchain did), so no chunk is a bare title. Slices are contiguous:
+    joining them gives back ``text`` exactly.
     """
     stack: list[tuple[int, str]] = []
-    path, start, position, fence = "", 0, 0, ""
+    path, start, position, fence, body = "", 0, 0, "", False
     for line in text.splitlines(keepends=True):
         stripped = line.strip()
+        heading = None
         if fence:
             if stripped.startswith(fence):
                 fence = ""
@@ -74,15 +77,19 @@ def sections(text: str) -> Iterator[tuple[str, str]]:
             fence = "```"
         elif stripped.startswith("~~~"):
             fence = "~~~"
-        elif heading := _HEADING.fullmatch(stripped):
-            if position > start:
+        else:
+            heading = _HEADING.fullmatch(stripped)
+        if heading:
+            if body:
                 yield path, text[start:position]
-            start = position
+                start, body = position, False
             level, title = len(heading[1]), (heading[2] or "").strip()
             while stack and stack[-1][0] >= level:
                 stack.pop()
             stack.append((level, title))
             path = " > ".join(t for _, t in stack if t)
+        elif stripped:
+            body = True
         position += len(line)
     if position > start:
         yield path, text[start:position]
