@@ -148,9 +148,13 @@ def _describe_llm_error(error: BaseException, where: str) -> str:
     return f"the chat model at {where} failed: {first}"
 
 
-def describe_retrieval_error(error: BaseException) -> RagError:
-    """One line for a failed search: the embedding endpoint or Milvus, whichever it was."""
+def describe_retrieval_error(error: BaseException, secrets: Sequence[str] = ()) -> RagError:
+    """One line for a failed search: the embedding endpoint or Milvus, whichever it was;
+    ``secrets`` never appear in it."""
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    for secret in secrets:
+        if secret:
+            first = first.replace(secret, "********")
     if type(error).__module__.startswith(("openai", "httpx")):
         return ModelUnavailable(f"the embedding model failed while searching: {first}")
     return StoreUnavailable(f"searching Milvus failed: {first}")
@@ -169,8 +173,15 @@ class RagChain:
         llm_name: str = "the chat model",
     ) -> None:
         self.store = store
-        key = getattr(llm, "openai_api_key", None)
-        self.secrets = (key.get_secret_value(),) if hasattr(key, "get_secret_value") else ()
+        # Keys an endpoint might echo in an error: the chat model's and the embeddings'.
+        self.secrets = tuple(
+            key.get_secret_value()
+            for key in (
+                getattr(llm, "openai_api_key", None),
+                getattr(getattr(store, "embeddings", None), "openai_api_key", None),
+            )
+            if hasattr(key, "get_secret_value") and key.get_secret_value()
+        )
         self.relevance_floor = relevance_floor
         self.llm_name = llm_name
         self.condense_chain = prompts.condense | llm | StrOutputParser()
@@ -209,7 +220,7 @@ class RagChain:
         except RagError:
             raise
         except Exception as error:
-            raise describe_retrieval_error(error) from error
+            raise describe_retrieval_error(error, self.secrets) from error
         relevant_hits = [h for h in hits if h.score >= self.relevance_floor]
         yield Retrieved(hits, bool(relevant_hits), time.perf_counter() - started)
         if not relevant_hits:

@@ -607,3 +607,23 @@ def test_missing_prompt_file_is_a_config_error(prompt_copy: Path) -> None:
     (prompt_copy / "condense.md").unlink()
     with pytest.raises(ConfigError, match=r"condense\.md cannot be read"):
         load_prompts(prompt_copy)
+
+
+def test_a_search_error_never_shows_the_embedding_key() -> None:
+    """A proxy may echo the key it was sent; the chat line must not repeat it."""
+    import httpx
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    from rag.chain import describe_retrieval_error
+
+    error = httpx.HTTPError("401 from proxy: invalid key sk-embed-123456 for /embeddings")
+    described = describe_retrieval_error(error, ("sk-embed-123456",))
+    assert isinstance(described, ModelUnavailable)
+    assert "sk-embed-123456" not in str(described) and "********" in str(described)
+
+    class Store:
+        embeddings = OpenAIEmbeddings(api_key="sk-embed-123456", base_url="http://127.0.0.1:9/v1")
+
+    chain = RagChain(Store(), ChatOpenAI(api_key="sk-chat-654321", base_url="http://127.0.0.1:9/v1"),
+                     load_prompts(), relevance_floor=0.3)  # fmt: skip
+    assert set(chain.secrets) == {"sk-embed-123456", "sk-chat-654321"}
