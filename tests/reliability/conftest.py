@@ -28,6 +28,7 @@ from tests.conftest import (
     free_port,
     stop_process_group,
 )
+from tests.fake_openai import FakeServer
 
 
 class RestartableMilvus:
@@ -115,6 +116,20 @@ def count_rows(client: MilvusClient, collection: str, expr: str = "") -> int:
     client.load_collection(collection)
     result = client.query(collection, filter=expr, output_fields=["count(*)"])
     return int(result[0]["count(*)"])
+
+
+def ingest_variables(
+    milvus: RestartableMilvus, server: FakeServer, collection: str, settings: dict[str, object]
+) -> dict[str, str]:
+    """RAG_* variables for a CLI ingest into ``milvus`` with embeddings from ``server``."""
+    return {
+        "RAG_MILVUS_URI": milvus.uri,
+        "RAG_COLLECTION": collection,
+        "RAG_EMBEDDING_PROVIDER": "openai",
+        "RAG_EMBEDDING_BASE_URL": server.base_url,
+        "RAG_EMBEDDING_DIMENSIONS": "384",
+        **{f"RAG_{k.upper()}": str(v) for k, v in settings.items()},
+    }
 
 
 def start_rag(*args: str, cwd: Path, log: Path, **variables: str) -> subprocess.Popen[bytes]:

@@ -20,7 +20,13 @@ import pytest
 
 from tests.conftest import write_files
 from tests.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
-from tests.reliability.conftest import RestartableMilvus, kill_group, read_rows, start_rag
+from tests.reliability.conftest import (
+    RestartableMilvus,
+    ingest_variables,
+    kill_group,
+    read_rows,
+    start_rag,
+)
 
 pytestmark = [pytest.mark.heavy, pytest.mark.server]
 
@@ -45,14 +51,7 @@ def embeddings() -> Iterator[FakeServer]:
 
 
 def variables(milvus: RestartableMilvus, server: FakeServer, collection: str) -> dict[str, str]:
-    return {
-        "RAG_MILVUS_URI": milvus.uri,
-        "RAG_COLLECTION": collection,
-        "RAG_EMBEDDING_PROVIDER": "openai",
-        "RAG_EMBEDDING_BASE_URL": server.base_url,
-        "RAG_EMBEDDING_DIMENSIONS": "384",
-        **{f"RAG_{k.upper()}": str(v) for k, v in SETTINGS.items()},
-    }
+    return ingest_variables(milvus, server, collection, SETTINGS)
 
 
 def complete_run(folder: Path, log: Path, env: dict[str, str]) -> None:

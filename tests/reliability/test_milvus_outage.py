@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import write_files
 from tests.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
-from tests.reliability.conftest import RestartableMilvus, read_rows, start_rag
+from tests.reliability.conftest import RestartableMilvus, ingest_variables, read_rows, start_rag
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -48,14 +48,7 @@ def slow_embeddings() -> Iterator[FakeServer]:
 
 
 def variables(milvus: RestartableMilvus, server: FakeServer, collection: str) -> dict[str, str]:
-    return {
-        "RAG_MILVUS_URI": milvus.uri,
-        "RAG_COLLECTION": collection,
-        "RAG_EMBEDDING_PROVIDER": "openai",
-        "RAG_EMBEDDING_BASE_URL": server.base_url,
-        "RAG_EMBEDDING_DIMENSIONS": "384",
-        **{f"RAG_{k.upper()}": str(v) for k, v in SETTINGS.items()},
-    }
+    return ingest_variables(milvus, server, collection, SETTINGS)
 
 
 def answered(server: FakeServer) -> int:
