@@ -174,6 +174,10 @@ class Pipeline:
         self.retry_max_wait = retry_max_wait
         self.splitter = Splitter(settings.chunk_size, settings.chunk_overlap)
         self.report = IngestReport()
+        # Sources with rows when a folder run started (read once): a file not among them
+        # needs no per-file look-up, which dominated runs over thousands of new files.
+        # None (single files, chat uploads): look each file up.
+        self._stored_at_start: set[str] | None = None
         self._released = False  # Milvus said the collection is not loaded (server restart)
         self.ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -190,6 +194,8 @@ class Pipeline:
             for f in await asyncio.to_thread(list, walk)
         ]
         self.reporter.files_found(len(found))
+        if not single_file:
+            self._stored_at_start = await self._retry(records.stored_sources, self.store)
         files: asyncio.Queue[FoundFile | None] = asyncio.Queue()
         # Short queues: enough to keep every writer busy, little enough that a slow
         # embedding stage holds only a few batches of text in memory (backpressure).
@@ -259,7 +265,11 @@ class Pipeline:
             digest = await asyncio.to_thread(records.file_hash, found.path)
         except OSError as error:
             raise LoadError(error.strerror or str(error)) from None
-        stored = await self._retry(records.stored_file, self.store, found.source, digest)
+        stored = (
+            await self._retry(records.stored_file, self.store, found.source, digest)
+            if self._stored_at_start is None or found.source in self._stored_at_start
+            else records.StoredFile(0, 0, None)
+        )
         if stored.complete:
             self._outcome(FileOutcome(found.source, "unchanged", stored.rows))
             return None
@@ -464,9 +474,10 @@ class Pipeline:
         if not present:
             self.reporter.note("(folder)", "no files found, so nothing was removed")
             return
-        stored = await self._retry(records.stored_sources, self.store)
+        # Every source written by this run is in `present`, so the start-of-run list is
+        # all that can be missing.
         prefix = self.source_prefix
-        for source in sorted(stored - present):
+        for source in sorted((self._stored_at_start or set()) - present):
             if not source.startswith(prefix) or (not prefix and source.startswith(UPLOADS_PREFIX)):
                 continue
             if not wanted(source[len(prefix) :], self.include, self.exclude):
