@@ -20,8 +20,9 @@ Embedding modes:
   is elsewhere: only latency (and the client's own work) remains;
 - ``local``: the bundled ONNX model in this process.
 
-Two experiments monkeypatch the pipeline (ingest/pipeline.py itself is unchanged) to
-test why it falls short: ``prefetched_lookups`` and ``decoupled_writes``. A rate-limit
+Two experiments monkeypatch the pipeline to test why it falls short:
+``prefetched_lookups`` (the pipeline has since adopted its idea: stored sources are read
+once per folder run, so the experiment now changes little) and ``decoupled_writes``. A rate-limit
 check (``--rpm``, on in --quick) runs the pipeline against a 429-ing endpoint.
 
     python -m bench.ingest_scale [--quick] [--sizes 1000,10000,100000] [--modes ...]
@@ -178,9 +179,9 @@ class TimedEmbeddings(Embeddings):
 
 @contextlib.asynccontextmanager
 async def prefetched_lookups(store: Any) -> Any:
-    """Hypothesis test, not the shipped pipeline: one look-up of stored sources up front.
+    """Hypothesis test: one look-up of stored sources up front (now shipped in a safer form).
 
-    ingest/pipeline.py asks Milvus, per file and while writes are in flight, how many
+    ingest/pipeline.py used to ask Milvus, per file and while writes are in flight, how many
     rows that source has (records.stored_file: count(*) with a source filter), and at
     the end pages through every stored source again (records.stored_sources). On Milvus
     Lite a filtered count scans the growing segment, so the per-file look-ups cost
