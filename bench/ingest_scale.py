@@ -571,7 +571,8 @@ def main() -> None:
         f"latency {args.latency} s ± {args.latency / 4:.2f} s per embedding request"
         + (f"; rate limit {args.rpm} requests/min." if args.rpm else "."),
         "",
-        "Experiments (monkeypatched in this benchmark; ingest/pipeline.py unchanged), "
+        "Experiments (monkeypatched in this benchmark; the pipeline has since adopted the "
+        "look-up in a safer form, so that column now changes little), "
         "chunks/s (pipeline / slowest stage): *one up-front look-up* reads the stored "
         "sources once before the run instead of a count(*) per file during it and a rescan "
         "at its end (`prefetched_lookups`); *decoupled writers* also gives embedding calls and "

@@ -24,6 +24,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# Re-exported: the app applies it whenever it opens a Milvus Lite file; the benchmark
+# parts also build clients themselves, so they apply it at start.
+from rag.lite import tolerate_lite_keepalive  # noqa: F401
+
 # Overridable so the smoke test in tests/ runs every part without touching the
 # committed results.
 RESULTS = Path(os.environ.get("RAG_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -179,43 +183,3 @@ def load_json(module: str) -> Any:
     """A part's saved figures, or None when that part has not run into RESULTS."""
     path = RESULTS / f"{module}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-# pymilvus pings every 10 s, even between calls; milvus-lite 3's in-process gRPC server
-# keeps gRPC's defaults (a ping at most every 5 minutes without data, 2 strikes), so a
-# connection older than ~30 s gets GOAWAY "too_many_pings" and reconnecting can fail
-# ("Fail connecting to server ... Too many pings"): seen killing a whole benchmark part.
-LITE_KEEPALIVE_OPTIONS = (
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-    ("grpc.http2.max_ping_strikes", 0),
-)
-
-
-def tolerate_lite_keepalive() -> None:
-    """Start milvus-lite's in-process gRPC server with pymilvus' keepalive pings allowed.
-
-    A benchmark-side workaround, so parts measure throughput rather than reconnects;
-    the app itself still has the problem (reported for rag/store.py).
-    """
-    try:
-        import grpc
-        from milvus_lite.adapter.grpc import server as lite_server
-    except ImportError:
-        return
-    if isinstance(lite_server.grpc, _KeepaliveGrpc):
-        return
-    lite_server.grpc = _KeepaliveGrpc(grpc)  # type: ignore[assignment]
-
-
-class _KeepaliveGrpc:
-    """The grpc module as milvus_lite's server module sees it, with ping-tolerant servers."""
-
-    def __init__(self, module: Any) -> None:
-        self._module = module
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-    def server(self, *args: Any, options: Any = (), **kwargs: Any) -> Any:
-        return self._module.server(*args, options=[*options, *LITE_KEEPALIVE_OPTIONS], **kwargs)

@@ -24,6 +24,7 @@ from langchain_milvus import Milvus
 from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusException
 
 from rag.errors import CollectionNotFound, EmbeddingMismatch, StoreUnavailable
+from rag.lite import tolerate_lite_keepalive
 from rag.settings import mask_url_password
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ def quote(value: str) -> str:
 def connection_args(settings: Settings) -> dict[str, Any]:
     """Arguments for MilvusClient / AsyncMilvusClient (and langchain-milvus)."""
     if settings.milvus_is_local:
+        tolerate_lite_keepalive()  # before the in-process Lite server starts
         path = settings.milvus_path
         path.parent.mkdir(parents=True, exist_ok=True)
         args: dict[str, Any] = {"uri": str(path)}

@@ -34,6 +34,7 @@ import rag.services
 from bench.services import wait_for_milvus
 from ingest.pipeline import FileOutcome, IngestReport, ingest_path
 from rag.embeddings import LocalMiniLMEmbeddings
+from rag.lite import tolerate_lite_keepalive
 from rag.services import Services, open_services
 from rag.settings import Settings, load_settings
 from tests.fake_openai import FakeServer, serve
@@ -302,6 +303,9 @@ def fake_openai() -> Iterator[FakeServer]:
     with serve() as server:
         yield server
 
+
+# Tests open Milvus Lite files with their own clients too (see rag/lite.py).
+tolerate_lite_keepalive()
 
 # One readiness check for tests and benchmarks (bench/services.py owns it).
 _wait_for_milvus = wait_for_milvus
