@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rag.errors import RagError, SourceNotFound
-from rag.settings import Settings, load_settings
+from rag.settings import SQLITE_PREFIX, Settings, load_settings
 
 app = typer.Typer(
     help="Ask questions about your documents: ingest a folder into Milvus, then chat with it.",
@@ -267,10 +267,9 @@ def ui(
     # Chainlit runs from the app root (where chainlit.md is): pin relative paths first.
     if settings.milvus_is_local:
         env["RAG_MILVUS_URI"] = str(settings.milvus_path.resolve())
-    if settings.database_url and settings.database_url.startswith("sqlite+aiosqlite:///"):
-        db_path = Path(settings.database_url.removeprefix("sqlite+aiosqlite:///"))
+    if (db_path := settings.database_path) is not None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        env["RAG_DATABASE_URL"] = f"sqlite+aiosqlite:///{db_path.resolve()}"
+        env["RAG_DATABASE_URL"] = f"{SQLITE_PREFIX}{db_path.resolve()}"
     env["RAG_UPLOAD_DIR"] = str(Path(settings.upload_dir).resolve())
     app_root = prepare_app_root(Path(settings.ui_dir))
     env["CHAINLIT_APP_ROOT"] = str(app_root)

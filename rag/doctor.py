@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from rag.embeddings import build_embeddings, embedding_identity
 from rag.errors import RagError
@@ -97,10 +96,9 @@ async def _history(settings: Settings) -> Check:
     if not url:
         return ("chat history", True, "off (RAG_DATABASE_URL is empty)")
     shown = mask_url_password(url)
-    if url.startswith("sqlite+aiosqlite:///"):
-        path = Path(url.removeprefix("sqlite+aiosqlite:///"))
-        if not await asyncio.to_thread(path.exists):
-            return ("chat history", True, f"{shown} (created at the first `rag ui`)")
+    path = settings.database_path
+    if path is not None and not await asyncio.to_thread(path.exists):
+        return ("chat history", True, f"{shown} (created at the first `rag ui`)")
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:

@@ -65,8 +65,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingest import records
 from rag.errors import CollectionNotFound, RagError
-from rag.retrieval import Hit, SearchMode, SearchOptions, retrieve
+from rag.retrieval import Hit, SearchMode, SearchOptions, effective_mode, retrieve
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
@@ -485,18 +486,12 @@ def summarise(
     )
 
 
-def effective_mode(store: Milvus, mode: str) -> str:
-    """What runs: dense when this collection or Milvus cannot do BM25."""
-    return "dense" if mode != "dense" and getattr(store, "bm25_unavailable", None) else mode
-
-
 Progress = Callable[[str, int, int], None]
 
 
 async def require_documents(store: Milvus) -> None:
     """An empty collection would score 0 everywhere and look like a retrieval bug."""
-    rows = await store.aclient.query(store.collection_name, filter="", output_fields=["count(*)"])
-    if not rows or not int(rows[0]["count(*)"]):
+    if not await records.count(store, ""):
         raise CollectionNotFound(
             f"collection {store.collection_name!r} is empty: ingest the documents the "
             "questions are about first (rag ingest FOLDER)"

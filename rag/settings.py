@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rag.errors import ConfigError
 
 ENV_PREFIX = "RAG_"
+SQLITE_PREFIX = "sqlite+aiosqlite:///"
 
 
 class Settings(BaseSettings):
@@ -165,6 +166,13 @@ class Settings(BaseSettings):
     @property
     def milvus_path(self) -> Path:
         return Path(self.milvus_uri).expanduser()
+
+    @property
+    def database_path(self) -> Path | None:
+        """The chat-history file when the database is SQLite, else None."""
+        if self.database_url and self.database_url.startswith(SQLITE_PREFIX):
+            return Path(self.database_url.removeprefix(SQLITE_PREFIX))
+        return None
 
     def to_env(self) -> dict[str, str]:
         """The effective settings as RAG_* variables, so a child process (the chat UI,

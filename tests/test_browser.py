@@ -31,15 +31,15 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rag.welcome import load_starters
+from tests.conftest import write_files
 from tests.fake_openai import FakeOpenAI, FakeOpenAIConfig, default_reply, serve
-from tests.test_chat_ui import _env, ingested_ui
+from tests.test_chat_ui import ChatUI, _env, ingested_ui
 
 CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
@@ -106,24 +106,6 @@ def _reply(messages: list[dict[str, Any]]) -> str:
     return reply + PADDING if reply.startswith("According to the documents") else reply
 
 
-@dataclass(frozen=True)
-class App:
-    url: str
-    fake: FakeOpenAI
-    root: Path
-    log: Path
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def chat_prompts(self) -> list[str]:
-        return [
-            "\n".join(f"{m.get('role')}: {m.get('content')}" for m in body.get("messages", []))
-            for body in self.fake.chat_requests()
-        ]
-
-
 @contextlib.contextmanager
 def running_app(
     root: Path,
@@ -132,17 +114,14 @@ def running_app(
     *,
     fake_llm: bool = True,
     start_timeout: float = 30,
-) -> Iterator[App]:
+) -> Iterator[ChatUI]:
     """Write ``docs``, ingest them and serve them with `rag ui` until the block exits.
 
     ``fake_llm=False`` leaves RAG_LLM_BASE_URL unset, so `rag ui` starts the bundled model;
     the fake server still provides the embeddings, which keeps the ingest quick.
     """
-    folder, cwd = root / "docs", root / "cwd"
+    folder, cwd = write_files(root / "docs", docs), root / "cwd"
     cwd.mkdir()
-    for relative, text in docs.items():
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        (folder / relative).write_text(text, encoding="utf-8")
     fake = FakeOpenAI(FakeOpenAIConfig(chat_token_delay=TOKEN_DELAY, chat_reply=_reply))
     with serve(fake) as server:
         env = _env(root, server.base_url) | {"RAG_COLLECTION": COLLECTION} | (extra_env or {})
@@ -150,17 +129,17 @@ def running_app(
             del env["RAG_LLM_BASE_URL"]
         with ingested_ui(folder, cwd, root, env, start_timeout=start_timeout) as (url, log):
             fake.reset()  # forget the ingestion traffic
-            yield App(url, fake, root, log)
+            yield ChatUI(url, fake, root, log)
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
     with running_app(tmp_path_factory.mktemp("browser_ui"), DOCS) as started:
         yield started
 
 
 @pytest.fixture(scope="module")
-def login_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def login_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
     """A UI that requires a login (its own process: auth is fixed when Chainlit starts)."""
     users = {
         "RAG_UI_USERS": ",".join(f"{user}:{password}" for user, password in USERS.items()),
@@ -172,7 +151,7 @@ def login_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
 
 
 @pytest.fixture(scope="module")
-def local_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+def local_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
     """A UI answering with the bundled SmolLM2 model, started by `rag ui` itself."""
     if LLM_MISSING:
         pytest.skip(f"bundled local LLM not installed (missing {', '.join(LLM_MISSING)})")
@@ -209,7 +188,7 @@ def artifacts_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 @contextlib.contextmanager
 def chat_session(
-    app: App, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
+    app: ChatUI, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Page]:
     """A new browser context (a new chat session); on failure its screenshot, HTML and log.
 
@@ -242,7 +221,7 @@ def wait_for_chat(page: Page) -> None:
 
 @pytest.fixture
 def page(
-    app: App, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
+    app: ChatUI, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Page]:
     """A new chat session on the start page of the main UI."""
     with chat_session(app, browser, request, tmp_path) as page:
@@ -253,7 +232,7 @@ def page(
 
 @pytest.fixture
 def login_page(
-    login_app: App, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
+    login_app: ChatUI, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Page]:
     """A new session on the login UI, not signed in and not yet navigated."""
     with chat_session(login_app, browser, request, tmp_path) as page:
@@ -262,7 +241,7 @@ def login_page(
 
 @pytest.fixture
 def local_page(
-    local_app: App, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
+    local_app: ChatUI, browser: Browser, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Page]:
     with chat_session(local_app, browser, request, tmp_path) as page:
         page.goto(local_app.url)
@@ -371,7 +350,7 @@ def confirm_settings(dialog: Locator) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_start_page_shows_starters_and_readme(app: App, page: Page, tmp_path: Path) -> None:
+def test_start_page_shows_starters_and_readme(app: ChatUI, page: Page, tmp_path: Path) -> None:
     labels = [label for label, _ in load_starters()]
     assert labels, "prompts/starters.md has no starters"
     starters = page.locator("#starters button")
@@ -389,7 +368,7 @@ def test_start_page_shows_starters_and_readme(app: App, page: Page, tmp_path: Pa
 
 
 def test_answer_streams_then_cites_a_source_shown_in_the_side_panel(
-    app: App, page: Page, tmp_path: Path
+    app: ChatUI, page: Page, tmp_path: Path
 ) -> None:
     ask(page, FALCON_Q)
     answer = page.locator(ANSWER).last
@@ -427,7 +406,7 @@ def test_answer_streams_then_cites_a_source_shown_in_the_side_panel(
     assert retrieved(page, 1)[0] == "falcon.txt"
 
 
-def test_follow_up_question_is_condensed_with_the_earlier_turn(app: App, page: Page) -> None:
+def test_follow_up_question_is_condensed_with_the_earlier_turn(app: ChatUI, page: Page) -> None:
     ask(page, FALCON_Q)
     answer_with(page, "Sources")
     app.fake.reset()
@@ -441,7 +420,7 @@ def test_follow_up_question_is_condensed_with_the_earlier_turn(app: App, page: P
     assert FALCON_Q in condense and "ZX-4471" in condense, condense
 
 
-def test_top_k_setting_limits_the_retrieved_passages(app: App, page: Page) -> None:
+def test_top_k_setting_limits_the_retrieved_passages(app: ChatUI, page: Page) -> None:
     ask(page, FALCON_Q)
     first = answer_with(page, "Sources")
     before = retrieved(page, 1)
@@ -462,7 +441,7 @@ def test_top_k_setting_limits_the_retrieved_passages(app: App, page: Page) -> No
 
 
 def test_document_filter_setting_decides_which_file_is_cited(
-    app: App, page: Page, tmp_path: Path
+    app: ChatUI, page: Page, tmp_path: Path
 ) -> None:
     dialog = open_settings(page)
     # the drop-down lists every document in the collection
@@ -495,7 +474,7 @@ def test_document_filter_setting_decides_which_file_is_cited(
     assert "ZX-4471" in again.inner_text()
 
 
-def test_uploaded_file_is_ingested_then_cited(app: App, page: Page, tmp_path: Path) -> None:
+def test_uploaded_file_is_ingested_then_cited(app: ChatUI, page: Page, tmp_path: Path) -> None:
     upload = app.root / "heron.txt"
     upload.write_text(
         "The Heron QX-9 drone flies 42 kilometres on one charge. Its battery takes an hour.\n",
@@ -514,7 +493,7 @@ def test_uploaded_file_is_ingested_then_cited(app: App, page: Page, tmp_path: Pa
     screenshot(page, "upload.png", tmp_path)
 
 
-def test_llm_failure_shows_a_warning(app: App, page: Page) -> None:
+def test_llm_failure_shows_a_warning(app: ChatUI, page: Page) -> None:
     app.fake.fail_next("chat", 500, count=3)  # the first call and both retries
     ask(page, FALCON_Q)
     text = answer_with(page, "⚠️", timeout=60).inner_text()
@@ -533,7 +512,7 @@ def sign_in(page: Page, user: str, password: str) -> None:
 
 
 def test_chat_is_unreachable_until_signed_in(
-    login_app: App, login_page: Page, tmp_path: Path
+    login_app: ChatUI, login_page: Page, tmp_path: Path
 ) -> None:
     page = login_page
     page.goto(login_app.url)
@@ -555,7 +534,7 @@ def test_chat_is_unreachable_until_signed_in(
     assert login_app.fake.chat_requests() == [] and login_app.fake.embedding_requests() == []
 
 
-def test_signing_in_opens_a_working_chat(login_app: App, login_page: Page) -> None:
+def test_signing_in_opens_a_working_chat(login_app: ChatUI, login_page: Page) -> None:
     page = login_page
     page.goto(login_app.url)
     sign_in(page, "alice", USERS["alice"])
@@ -570,7 +549,9 @@ def test_signing_in_opens_a_working_chat(login_app: App, login_page: Page) -> No
 # --- the bundled local model ----------------------------------------------------------------
 
 
-def test_starter_is_answered_by_the_bundled_local_model(local_app: App, local_page: Page) -> None:
+def test_starter_is_answered_by_the_bundled_local_model(
+    local_app: ChatUI, local_page: Page
+) -> None:
     page = local_page
     starter = page.locator("#starters button", has_text=EXPENSE_STARTER)
     expect(starter).to_have_count(1)

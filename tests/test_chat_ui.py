@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from tests.chainlit_client import ChainlitClient, Turn
+from tests.conftest import write_files
 from tests.fake_openai import FakeOpenAI, FakeOpenAIConfig, serve
 
 pytestmark = pytest.mark.slow
@@ -180,12 +181,9 @@ def ingested_ui(
 @pytest.fixture(scope="module")
 def chat_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
     root = tmp_path_factory.mktemp("chat_ui")
-    docs, cwd = root / "docs", root / "cwd"
+    docs, cwd = write_files(root / "docs", DOCS), root / "cwd"
     cwd.mkdir()
     (cwd / ".env").write_text("".join(f"{k}={v}\n" for k, v in DOTENV.items()), encoding="utf-8")
-    for relative, text in DOCS.items():
-        (docs / relative).parent.mkdir(parents=True, exist_ok=True)
-        (docs / relative).write_text(text, encoding="utf-8")
     fake = FakeOpenAI(FakeOpenAIConfig(chat_token_delay=TOKEN_DELAY))
     with serve(fake) as server:
         env = _env(root, server.base_url)
