@@ -1,11 +1,14 @@
 """Part 3: ingest throughput at scale, against each stage measured alone.
 
 For a synthetic folder of N chunks it measures, in one run, with the same server,
-batch size and concurrency: the embedding stage alone, Milvus writes alone
-(``aadd_documents`` with precomputed vectors, the pipeline's own write path), the
-prepare stage alone (discover, hash, load, split, the per-file Milvus lookup; writes
-are no-ops) and the whole pipeline. Goal: the pipeline within 10% of its slowest
-stage (ratio >= 0.9), i.e. the stages overlap instead of adding up.
+batch size and concurrency: the embedding stage alone (``aembed_documents``, as many
+calls in flight as the pipeline's embedders), Milvus writes alone (``aadd_embeddings``
+of precomputed float32 vectors from as many tasks as the pipeline's writers, then the
+flush that ends every run; also with ``concurrency`` tasks, to show two writers lose
+nothing), the prepare stage alone
+(discover, hash, load, split, the Milvus look-ups; writes are no-ops) and the whole
+pipeline. Goal: the pipeline within 10% of its slowest stage (ratio >= 0.9), i.e. the
+stages overlap instead of adding up.
 
 It also records, because the stages share this machine's cores, CPU seconds of every
 process per phase: this client, the embedding server, and Milvus when it runs apart.
@@ -20,10 +23,12 @@ Embedding modes:
   is elsewhere: only latency (and the client's own work) remains;
 - ``local``: the bundled ONNX model in this process.
 
-Two experiments monkeypatch the pipeline to test why it falls short:
-``prefetched_lookups`` (the pipeline has since adopted its idea: stored sources are read
-once per folder run, so the experiment now changes little) and ``decoupled_writes``. A rate-limit
-check (``--rpm``, on in --quick) runs the pipeline against a 429-ing endpoint.
+Earlier runs of this benchmark found why the pipeline once ran at 0.05-0.7x of its
+slowest stage, by monkeypatching it, and the pipeline has since adopted each fix: one
+look-up of the stored sources per run instead of one per file, separate embed and write
+stages instead of one ``aadd_documents`` per task, and batches filled to exactly
+batch_size. A rate-limit check (``--rpm``, on in --quick) runs the pipeline against an
+endpoint that answers 429 over a requests-per-minute quota.
 
     python -m bench.ingest_scale [--quick] [--sizes 1000,10000,100000] [--modes ...]
 """
@@ -58,8 +63,7 @@ from bench.report import (
     tolerate_lite_keepalive,
 )
 from bench.services import ROOT, _process, fake_openai, free_port, milvus_target
-from ingest import records
-from ingest.pipeline import Pipeline, _Batch, ingest_path
+from ingest.pipeline import WRITERS, Pipeline, _Batch, ingest_path
 from ingest.split import Splitter
 from rag.services import Services, open_services
 from rag.settings import Settings, load_settings
@@ -92,8 +96,7 @@ fake_openai.main(sys.argv[1:])
 STAGES = ("embed", "insert", "prepare")
 RPM_QUICK = 3  # requests a minute in the quick run's rate-limit check ...
 RPM_CHUNKS = 300  # ... over this many chunks: 5 or 6 requests, so the limit trips
-EXPERIMENTS = ("lookup", "decoupled")  # see prefetched_lookups and decoupled_writes
-PHASES = (*STAGES, "pipeline", *EXPERIMENTS)
+PHASES = (*STAGES, "insert_wide", "pipeline")
 
 
 def make_corpus(folder: Path, chunks: int, chunk_size: int) -> None:
@@ -124,22 +127,6 @@ def chunk_texts(splitter: Splitter, folder: Path) -> list[str]:
     from ingest.loaders import load
 
     return [c.text for p in sorted(folder.iterdir()) for c in splitter.chunks(load(p, 1 << 40))]
-
-
-class Precomputed(Embeddings):
-    """Vectors looked up, not computed: Milvus writes alone, through aadd_documents."""
-
-    def __init__(self, vectors: dict[str, list[float]]) -> None:
-        self.vectors = vectors
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return [self.vectors[t] for t in texts]
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.vectors[text]
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.embed_documents(texts)
 
 
 @dataclass
@@ -177,95 +164,25 @@ class TimedEmbeddings(Embeddings):
         return await self.timer.wrap(self.inner.aembed_documents)(texts)
 
 
-@contextlib.asynccontextmanager
-async def prefetched_lookups(store: Any) -> Any:
-    """Hypothesis test: one look-up of stored sources up front (now shipped in a safer form).
-
-    ingest/pipeline.py used to ask Milvus, per file and while writes are in flight, how many
-    rows that source has (records.stored_file: count(*) with a source filter), and at
-    the end pages through every stored source again (records.stored_sources). On Milvus
-    Lite a filtered count scans the growing segment, so the per-file look-ups cost
-    O(rows) each and the run O(files x rows). Here the sources stored before the run
-    are read once; files not among them skip the look-up, and the end-of-run removal
-    uses the same snapshot (valid while no other writer touches the collection).
-    """
-    rows = await store.aclient.query(
-        store.collection_name, filter="chunk_index == 0", output_fields=["source"], limit=16384
-    )
-    before = {str(r["source"]) for r in rows}
-    stored_file, stored_sources = records.stored_file, records.stored_sources
-
-    async def lookup(store: Any, source: str, digest: str) -> records.StoredFile:
-        if source not in before:
-            return records.StoredFile(0, 0, None)
-        return await stored_file(store, source, digest)
-
-    async def snapshot(store: Any) -> set[str]:
-        return set(before)
-
-    records.stored_file, records.stored_sources = lookup, snapshot  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        records.stored_file, records.stored_sources = stored_file, stored_sources
-
-
-class Gated(Embeddings):
-    """At most ``gate``'s count of embedding calls in flight, whatever the writers do."""
-
-    def __init__(self, inner: Embeddings, gate: asyncio.Semaphore) -> None:
-        self.inner, self.gate = inner, gate
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.inner.embed_documents(texts)
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.inner.embed_query(text)
-
-    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        async with self.gate:
-            return await self.inner.aembed_documents(texts)
-
-
-def decoupled_writes(store: Any, settings: Settings) -> Settings:
-    """Hypothesis test: embedding and inserting no longer share one concurrency budget.
-
-    Each pipeline writer calls aadd_documents, which embeds and then inserts, so a
-    writer waiting on the embedding API is a writer not inserting, and vice versa:
-    with 8 writers, embeddings in flight + inserts in flight <= 8. Here there are twice
-    as many writers, but embedding calls and inserts are each capped at the configured
-    concurrency, the conditions under which each stage was measured alone.
-    """
-    limit = settings.concurrency
-    store.embedding_func = Gated(store.embedding_func, asyncio.Semaphore(limit))
-    insert, gate = store.aclient.insert, asyncio.Semaphore(limit)
-
-    async def gated_insert(*args: Any, **kwargs: Any) -> Any:
-        async with gate:
-            return await insert(*args, **kwargs)
-
-    store.aclient.insert = gated_insert
-    return settings.model_copy(update={"concurrency": 2 * limit})
-
-
 class PrepareOnly(Pipeline):
-    """The pipeline with writes that do nothing: discover, hash, load, split, look up."""
+    """The pipeline with embedding and writes that do nothing: discover, hash, load, split,
+    look up."""
+
+    async def _embed(self, documents: list[Document]) -> list[np.ndarray]:
+        return []
 
     async def _write(self, batch: _Batch) -> None:
         return None
 
 
-def documents(texts: list[str]) -> tuple[list[Document], list[str]]:
-    """Rows shaped like the pipeline's (same metadata fields) for the writes-alone stage."""
+def metadata_rows(count: int) -> tuple[list[dict[str, object]], list[str]]:
+    """Metadata shaped like the pipeline's (same fields) for the writes-alone stage."""
     meta: dict[str, object] = {
         "source": "bench.txt", "title": "bench", "section": "", "page": 0,
-        "chunk_count": len(texts), "content_hash": "x" * 16, "file_hash": "y" * 16,
+        "chunk_count": count, "content_hash": "x" * 16, "file_hash": "y" * 16,
         "file_size": 1, "ingested_at": "now",
     }  # fmt: skip
-    docs = [
-        Document(page_content=t, metadata=meta | {"chunk_index": i}) for i, t in enumerate(texts)
-    ]
-    return docs, [f"p{i}" for i in range(len(texts))]
+    return [meta | {"chunk_index": i} for i in range(count)], [f"p{i}" for i in range(count)]
 
 
 def peak_rss_reset() -> None:
@@ -313,9 +230,6 @@ class Result:
         """Pipeline rate / slowest stage's rate; the goal is >= 0.9."""
         return self.seconds[self.slowest] / self.seconds["pipeline"]
 
-    def phase_vs_slowest(self, phase: str) -> float:
-        return self.seconds[self.slowest] / self.seconds[phase]
-
     @property
     def client_cpu_floor(self) -> float:
         """Seconds the pipeline needs at least for the CPU its stages used in this process.
@@ -355,30 +269,29 @@ async def measure(settings: Settings, folder: Path, mode: str, target: str) -> R
     embed = services.embeddings.aembed_documents
     await phase("embed", lambda: bounded([lambda b=b: embed(b) for b in batches], limit))
 
-    probe = await open_services(settings, collection="insert_probe", recreate=True)
     dim = len(await services.embeddings.aembed_query("probe"))
     matrix = np.random.default_rng(0).normal(size=(len(texts), dim)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    probe.store.embedding_func = Precomputed(dict(zip(texts, matrix.tolist(), strict=True)))
-    docs, ids = documents(texts)
-    add = probe.store.aadd_documents
-    writes = [lambda i=i: add(docs[i : i + size], ids=ids[i : i + size])
-              for i in range(0, len(docs), size)]  # fmt: skip
-    await phase("insert", lambda: bounded(writes, limit))
+    rows = list(matrix)
+    metadatas, ids = metadata_rows(len(texts))
+    for name, tasks in (("insert", WRITERS), ("insert_wide", limit)):
+        probe = await open_services(settings, collection=f"{name}_probe", recreate=True)
+        add = probe.store.aadd_embeddings
+        writes = [lambda i=i, add=add: add(texts[i : i + size], rows[i : i + size],
+                                           metadatas[i : i + size], ids=ids[i : i + size])
+                  for i in range(0, len(texts), size)]  # fmt: skip
+
+        async def write_all(writes=writes, tasks=tasks, store=probe.store) -> None:
+            await bounded(writes, tasks)
+            await store.aclient.flush(store.collection_name)  # as the pipeline ends its run
+
+        await phase(name, write_all)
 
     empty = await open_services(settings, collection="prepare_probe", recreate=True)
     await phase("prepare", lambda: PrepareOnly(empty.store, settings).run(folder))
 
     report = await timed_pipeline(services, settings, folder, result)
     result.ok = report.ok and report.chunks_written == len(texts)
-
-    again = await open_services(settings, collection="lookup_probe", recreate=True)
-    async with prefetched_lookups(again.store):
-        await phase("lookup", lambda: ingest_path(folder, again.store, settings))
-    both = await open_services(settings, collection="decoupled_probe", recreate=True)
-    async with prefetched_lookups(both.store):
-        wider = decoupled_writes(both.store, settings)
-        await phase("decoupled", lambda: ingest_path(folder, both.store, wider))
     return result
 
 
@@ -395,9 +308,8 @@ async def timed_pipeline(
         report = await ingest_path(folder, store, settings)
     result.cpu["pipeline"] = meter.stop()
     result.seconds["pipeline"] = meter.wall
-    writer_seconds = meter.wall * settings.concurrency
-    result.embed_share = embed_timer.seconds / writer_seconds
-    result.insert_share = insert_timer.seconds / writer_seconds
+    result.embed_share = embed_timer.seconds / (meter.wall * settings.concurrency)
+    result.insert_share = insert_timer.seconds / (meter.wall * WRITERS)
     result.loop_lag_ms = lag.max_ms
     return report
 
@@ -454,10 +366,10 @@ async def run_one(
 async def rate_limited(chunks: int, rpm: int, latency: float) -> dict[str, object]:
     """The pipeline alone against an endpoint allowing ``rpm`` requests a minute.
 
-    The fake server counts requests in a sliding 60 s window and answers 429 with
-    ``Retry-After: 1`` over it, so once the window is full the pipeline must keep
-    retrying until the oldest requests are a minute old: the goal is that it slows
-    down and finishes rather than failing.
+    The fake server counts requests in a sliding 60 s window and, over the quota,
+    answers 429 with a Retry-After saying when the oldest request leaves the window
+    (``--retry-after`` on the server sends a fixed value instead): the goal is that the
+    pipeline slows down and finishes rather than failing.
     """
     work = Path(tempfile.mkdtemp(prefix="rag-rpm-"))
     try:
@@ -507,11 +419,12 @@ def chart(results: list[Result], path: Path) -> Path:
               for r in results]  # fmt: skip
     series = {
         "embed alone": [r.rate("embed") for r in results],
-        "Milvus writes alone": [r.rate("insert") for r in results],
+        f"Milvus writes alone ({WRITERS} tasks, as the pipeline)": [
+            r.rate("insert") for r in results
+        ],
+        "Milvus writes alone (concurrency tasks)": [r.rate("insert_wide") for r in results],
         "prepare alone": [r.rate("prepare") for r in results],
         "pipeline": [r.rate("pipeline") for r in results],
-        "experiment: one up-front look-up": [r.rate("lookup") for r in results],
-        "experiment: look-up + decoupled writers": [r.rate("decoupled") for r in results],
     }
     title = "Ingest: each stage alone vs the whole pipeline (same batch size, concurrency)"
     charts.bars(ax, groups, series, ylabel="chunks per second (log)", log=True, fmt="{:,.0f}",
@@ -540,23 +453,20 @@ def main() -> None:
         results += asyncio.run(run(mode, target, sizes, args.latency))
     rpm = args.rpm or (RPM_QUICK if args.quick else None)
     limited = asyncio.run(rate_limited(RPM_CHUNKS, rpm, args.latency)) if rpm else None
-    rows, experiment_rows = [], []
+    rows = []
     for r in results:
-        rates = [f"{r.rate(p):,.0f}" for p in (*STAGES, "pipeline")]
+        rates = [f"{r.rate(p):,.0f}" for p in ("embed", "insert", "insert_wide", "prepare",
+                                               "pipeline")]  # fmt: skip
         rows.append([r.label, f"{r.chunks:,}", *rates, f"{r.vs_slowest:.2f} ({r.slowest})",
                      f"{r.client_cpu_floor:.2f} s → {r.vs_bound:.2f}", f"{r.vs_serial:.2f}×",
                      f"{r.embed_share:.0%} / {r.insert_share:.0%}",
                      f"{r.loop_lag_ms:.0f}", f"{r.rss_mb:,.0f}",
                      "yes" if r.ok else "FAILED"])  # fmt: skip
-        experiment_rows.append([r.label, f"{r.chunks:,}", *(
-            f"{r.rate(p):,.0f} ({r.phase_vs_slowest(p):.2f})" for p in ("pipeline", *EXPERIMENTS)
-        )])  # fmt: skip
-    columns = ["embeddings @ Milvus", "chunks", "embed alone /s", "writes alone /s",
+    columns = ["embeddings @ Milvus", "chunks", "embed alone /s",
+               f"writes alone /s ({WRITERS} tasks)", "writes alone /s (concurrency tasks)",
                "prepare alone /s", "pipeline /s", "pipeline / slowest stage",
                "client CPU of stages → pipeline / max(slowest, CPU)", "pipeline vs serial stages",
-               "writer time embed / insert", "max loop lag ms", "peak RSS MB", "ok"]  # fmt: skip
-    experiment_columns = ["embeddings @ Milvus", "chunks", "pipeline as shipped",
-                          "+ one up-front look-up", "+ look-up + decoupled writers"]  # fmt: skip
+               "busy: embedders / writers", "max loop lag ms", "peak RSS MB", "ok"]  # fmt: skip
     cpu_columns = ["embeddings @ Milvus", "chunks", "phase", "wall s", "client cores",
                    "embedding server cores", "Milvus cores", "total cores"]  # fmt: skip
     notes = [
@@ -565,20 +475,14 @@ def main() -> None:
         "spent in the three stages alone (milvus-lite 3 runs in it); one GIL means the "
         "pipeline cannot take less, so the second ratio compares it with max(slowest stage, "
         "that). 'Prepare alone' runs against an empty collection, so "
-        "it does not see the per-file look-ups grow. Writer time = seconds inside embedding "
-        "and insert calls over (pipeline wall x writers). Concurrency "
+        "it does not see the per-file look-ups grow. Busy = seconds inside embedding calls "
+        "over (pipeline wall x embedders), and inside inserts over (wall x writers). "
+        "The pipeline runs `concurrency` embedders and "
+        f"{WRITERS} writers; the slowest stage is the slowest of embed, writes with "
+        f"{WRITERS} tasks and prepare. Concurrency "
         f"{REMOTE_CONCURRENCY} for the fake server modes, the default otherwise; "
         f"latency {args.latency} s ± {args.latency / 4:.2f} s per embedding request"
         + (f"; rate limit {args.rpm} requests/min." if args.rpm else "."),
-        "",
-        "Experiments (monkeypatched in this benchmark; the pipeline has since adopted the "
-        "look-up in a safer form, so that column now changes little), "
-        "chunks/s (pipeline / slowest stage): *one up-front look-up* reads the stored "
-        "sources once before the run instead of a count(*) per file during it and a rescan "
-        "at its end (`prefetched_lookups`); *decoupled writers* also gives embedding calls and "
-        "inserts each their own concurrency budget (`decoupled_writes`).",
-        "",
-        *markdown_table(experiment_columns, experiment_rows),
         *rate_limit_notes(limited),
         "",
         "CPU used per process and phase (cores busy on average; this machine has "
@@ -593,7 +497,6 @@ def main() -> None:
          "rates": {p: r.rate(p) for p in PHASES}, "slowest": r.slowest,
          "vs_slowest": r.vs_slowest, "client_cpu_floor_s": r.client_cpu_floor,
          "vs_bound": r.vs_bound,
-         "experiments_vs_slowest": {p: r.phase_vs_slowest(p) for p in EXPERIMENTS},
          "vs_serial": r.vs_serial, "loop_lag_max_ms": r.loop_lag_ms, "ok": r.ok}
         for r in results
     ])  # fmt: skip
@@ -612,7 +515,8 @@ def rate_limit_notes(limited: dict[str, object] | None) -> list[str]:
     return [
         "",
         "Rate limit: the pipeline alone against the fake endpoint limited to a number of "
-        "requests per minute (sliding 60 s window, 429 with `Retry-After: 1` over it). "
+        "requests per minute (sliding 60 s window; over it, 429 with a Retry-After saying "
+        "when a request frees up). "
         "Goal: it slows down, never fails.",
         "",
         *markdown_table(["chunks", "requests/min allowed", "requests needed", "seconds",

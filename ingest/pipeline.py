@@ -1,8 +1,12 @@
-"""The async ingestion pipeline: discover -> prepare (hash, load, split) -> write.
+"""The async ingestion pipeline: discover -> prepare (hash, load, split) -> embed -> write.
 
 Stages are joined by bounded queues, so a slow stage (usually embedding) makes
-the faster ones wait instead of filling memory; writes are concurrent
-``aadd_documents`` calls bounded by the number of writer tasks.
+the faster ones wait instead of filling memory. Embedding and writing are separate
+stages with ``concurrency`` tasks each: ``aembed_documents`` on the store's
+embeddings, then ``aadd_embeddings``, the two halves of langchain-milvus'
+``aadd_documents``. Joined in one call, a task waiting on the embedding API could not
+insert and one inserting could not embed, and the run went at about two thirds of its
+slowest stage (bench/ingest_scale.py measured it).
 """
 
 from __future__ import annotations
@@ -18,19 +22,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
+import numpy as np
 from langchain_core.documents import Document
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential,
     wait_random,
 )
 
 from ingest import records
 from ingest.discover import FoundFile, discover, is_single_file, wanted
-from ingest.loaders import LoadError, load
+from ingest.loaders import LoadedFile, LoadError, load
 from ingest.split import Chunk, Splitter
 from rag.errors import IngestFailed, ModelUnavailable, RagError, StoreUnavailable
 
@@ -43,9 +47,14 @@ log = logging.getLogger(__name__)
 
 Status = Literal["added", "updated", "unchanged", "removed", "skipped", "failed"]
 PREPARERS = 2  # loading/splitting is cheap next to embedding; two overlap disk and CPU
+WRITERS = 2
 UPLOADS_PREFIX = "uploads/"  # sources added through the chat UI
 MATERIALISE_LIMIT = 1024 * 1024  # characters of chunks held before a file is streamed
 MAX_RETRY_AFTER = 120.0  # a longer Retry-After is capped: the run says so rather than hang
+# A rate limit is not an outage: the API works, it only asks us to slow down, so a call
+# keeps trying for this long (each wait as long as Retry-After asks) instead of a number
+# of attempts. A per-minute quota needs up to a minute per window to free up.
+RATE_LIMIT_PATIENCE = 900.0
 
 
 @dataclass(frozen=True)
@@ -103,12 +112,35 @@ class _FileJob:
 
 
 @dataclass(frozen=True)
+class _Read:
+    """A file loaded and split: its chunks, or only their count for a huge streamed file."""
+
+    loaded: LoadedFile
+    chunks: list[Chunk] | int
+    size: int
+
+    @property
+    def total(self) -> int:
+        return self.chunks if isinstance(self.chunks, int) else len(self.chunks)
+
+
+@dataclass(frozen=True)
 class _Piece:
     """Up to batch_size consecutive chunks of one file."""
 
     job: _FileJob
     documents: list[Document]
     ids: list[str]
+
+    def split(self, room: int) -> tuple[_Piece, _Piece | None]:
+        """The first ``room`` chunks, and the rest (None when all fit), one write each."""
+        if len(self.ids) <= room:
+            return self, None
+        self.job.pending += 1  # the rest is one more write before the file is complete
+        return (
+            _Piece(self.job, self.documents[:room], self.ids[:room]),
+            _Piece(self.job, self.documents[room:], self.ids[room:]),
+        )
 
 
 @dataclass
@@ -120,6 +152,7 @@ class _Batch:
     """
 
     pieces: list[_Piece] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)  # set by the embed stage
 
     @property
     def documents(self) -> list[Document]:
@@ -163,6 +196,7 @@ class Pipeline:
         source_prefix: str = "",
         retry_attempts: int = 5,
         retry_max_wait: float = 8.0,
+        rate_limit_patience: float = RATE_LIMIT_PATIENCE,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -172,6 +206,7 @@ class Pipeline:
         self.source_prefix = source_prefix
         self.retry_attempts = retry_attempts
         self.retry_max_wait = retry_max_wait
+        self.rate_limit_patience = rate_limit_patience
         self.splitter = Splitter(settings.chunk_size, settings.chunk_overlap)
         self.report = IngestReport()
         # Sources with rows when a folder run started (read once): a file not among them
@@ -179,6 +214,7 @@ class Pipeline:
         # None (single files, chat uploads): look each file up.
         self._stored_at_start: set[str] | None = None
         self._released = False  # Milvus said the collection is not loaded (server restart)
+        self._preparers_left = self._embedders_left = 0  # stage tasks still running
         self.ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     async def run(self, root: Path) -> IngestReport:
@@ -197,42 +233,50 @@ class Pipeline:
         if not single_file:
             self._stored_at_start = await self._retry(records.stored_sources, self.store)
         files: asyncio.Queue[FoundFile | None] = asyncio.Queue()
-        # Short queues: enough to keep every writer busy, little enough that a slow
-        # embedding stage holds only a few batches of text in memory (backpressure).
-        pieces: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=self.settings.concurrency)
-        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+        # Short queues: enough to keep every embedder busy (preparing is ~20x faster than
+        # embedding), little enough that a slow embedding stage holds only a few batches
+        # of text in memory (backpressure; tests/test_ingest_bad_input.py measures it).
+        pieces: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=2)
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency)
         for item in found:
             files.put_nowait(item)
         for _ in range(PREPARERS):
             files.put_nowait(None)
+        concurrency = self.settings.concurrency
+        # One embedded batch waits at most: writers slower than embedding hold the
+        # embedders back. Two writers keep up with any embedding stage we measured
+        # (Milvus takes 2,000+ rows/s, as fast on Lite with 2 as with 8: its inserts use
+        # this process' CPU) and each holds a batch with its vectors in memory.
+        embedded: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=concurrency)
         jobs: list[_FileJob] = []
-        writers = [
-            asyncio.create_task(self._writer(batches)) for _ in range(self.settings.concurrency)
+        self._preparers_left, self._embedders_left = PREPARERS, concurrency
+        writers = [asyncio.create_task(self._writer(embedded)) for _ in range(WRITERS)]
+        embedders = [
+            asyncio.create_task(self._embedder(batches, embedded, len(writers)))
+            for _ in range(concurrency)
         ]
-        batcher = asyncio.create_task(self._batcher(pieces, batches, len(writers)))
+        batcher = asyncio.create_task(self._batcher(pieces, batches, len(embedders)))
         preparers = [
             asyncio.create_task(self._preparer(files, pieces, jobs)) for _ in range(PREPARERS)
         ]
+        stages = [*preparers, batcher, *embedders, *writers]
         try:
-            # A writer that gives up (Milvus down past all retries) ends the run at once.
-            await self._wait(preparers, [batcher, *writers])
-            await pieces.put(None)
-            await self._wait([batcher, *writers], [])
+            # A stage that gives up (Milvus or the embedding API down past all retries)
+            # ends the run at once: every stage is watched until the last one ends.
+            await self._wait(stages)
             await asyncio.gather(*(self._finish(job) for job in jobs))
         finally:
-            await _cancel_all([*preparers, batcher, *writers])
+            await _cancel_all(stages)
         if not self.keep_missing and not single_file:
             await self._remove_missing({f.source for f in found})
-        await asyncio.to_thread(self._flush)
+        await self._flush()
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    async def _wait(
-        self, awaited: list[asyncio.Task[None]], watched: list[asyncio.Task[None]]
-    ) -> None:
-        """Wait for ``awaited``, but surface any task's failure the moment it happens."""
-        pending = set(awaited) | set(watched)
-        while any(not p.done() for p in awaited):
+    async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for every task, but surface any task's failure the moment it happens."""
+        pending = set(tasks)
+        while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is not None:
@@ -256,29 +300,34 @@ class Pipeline:
                 continue
             if job is not None:
                 jobs.append(job)
+        self._preparers_left -= 1
+        if self._preparers_left == 0:  # the last one out tells the batcher to finish
+            await pieces.put(None)
 
     async def _prepare(
         self, found: FoundFile, pieces: asyncio.Queue[_Piece | None]
     ) -> _FileJob | None:
-        """Decide what a file needs and queue its batches; None when nothing is to write."""
-        try:
-            digest = await asyncio.to_thread(records.file_hash, found.path)
-        except OSError as error:
-            raise LoadError(error.strerror or str(error)) from None
-        stored = (
-            await self._retry(records.stored_file, self.store, found.source, digest)
-            if self._stored_at_start is None or found.source in self._stored_at_start
-            else records.StoredFile(0, 0, None)
-        )
-        if stored.complete:
-            self._outcome(FileOutcome(found.source, "unchanged", stored.rows))
-            return None
-        max_bytes = int(self.settings.max_file_mb * 1024 * 1024)
-        loaded = await asyncio.to_thread(load, found.path, max_bytes)
-        for note in loaded.notes:
+        """Decide what a file needs and queue its batches; None when nothing is to write.
+
+        The blocking work (hash, load, split) runs in as few thread hops as it can: under
+        load each hop waits for the GIL (milvus-lite inserts run in this process), and five
+        hops per file made preparing the slowest stage of the pipeline though it is 20x
+        faster than embedding alone.
+        """
+        if self._stored_at_start is not None and found.source not in self._stored_at_start:
+            # A file the collection has never seen: nothing to look up, one hop for all.
+            digest, read = await asyncio.to_thread(self._hash_and_read, found)
+            stored = records.StoredFile(0, 0, None)
+        else:
+            digest = await asyncio.to_thread(_hash, found)
+            stored = await self._retry(records.stored_file, self.store, found.source, digest)
+            if stored.complete:
+                self._outcome(FileOutcome(found.source, "unchanged", stored.rows))
+                return None
+            read = await asyncio.to_thread(self._read, found)
+        for note in read.loaded.notes:
             self.reporter.note(found.source, note)
-        chunks = await asyncio.to_thread(_materialise_or_count, self.splitter, loaded)
-        total = chunks if isinstance(chunks, int) else len(chunks)
+        total = read.total
         if total == 0:
             if stored.rows:
                 # The file was emptied: its old chunks no longer say anything it says.
@@ -297,20 +346,23 @@ class Pipeline:
                 records.version_expr(found.source, digest, same=True),
             )
         status: Status = "updated" if stored.rows > stored.current_rows else "added"
-        size = await asyncio.to_thread(lambda: found.path.stat().st_size)
         job = _FileJob(found, digest, status)
-        source_iter: Iterator[Chunk] = (
-            iter(chunks) if isinstance(chunks, list) else self.splitter.chunks(loaded)
-        )
-        indexed = enumerate(source_iter)
+        size = self.settings.batch_size
+        if isinstance(read.chunks, list):
+            indexed = list(enumerate(read.chunks))
+            slices = (indexed[i : i + size] for i in range(0, total, size))
+        else:  # a huge file, streamed: every slice is read from disk in a thread
+            stream = enumerate(self.splitter.chunks(read.loaded))
+            slices = None
         while True:
-            piece = await asyncio.to_thread(
-                lambda: list(itertools.islice(indexed, self.settings.batch_size))
-            )
+            if slices is not None:
+                piece = next(slices, [])
+            else:
+                piece = await asyncio.to_thread(lambda: list(itertools.islice(stream, size)))
             if not piece:
                 break
             docs = [
-                self._document(found.source, loaded.title, digest, size, i, total, c)
+                self._document(found.source, read.loaded.title, digest, read.size, i, total, c)
                 for i, c in piece
             ]
             ids = [records.chunk_id(found.source, digest, i) for i, _ in piece]
@@ -321,6 +373,21 @@ class Pipeline:
         if job.pending == 0:
             job.done.set()
         return job
+
+    def _hash_and_read(self, found: FoundFile) -> tuple[str, _Read]:
+        """Blocking."""
+        return _hash(found), self._read(found)
+
+    def _read(self, found: FoundFile) -> _Read:
+        """Blocking: load and split (or count the chunks of a huge file)."""
+        max_bytes = int(self.settings.max_file_mb * 1024 * 1024)
+        loaded = load(found.path, max_bytes)
+        chunks = _materialise_or_count(self.splitter, loaded)
+        try:
+            size = found.path.stat().st_size
+        except OSError as error:
+            raise LoadError(error.strerror or str(error)) from None
+        return _Read(loaded, chunks, size)
 
     def _document(
         self,
@@ -352,13 +419,16 @@ class Pipeline:
         self,
         pieces: asyncio.Queue[_Piece | None],
         batches: asyncio.Queue[_Batch | None],
-        writers: int,
+        embedders: int,
     ) -> None:
-        """Merge pieces of several files into batches of up to batch_size chunks.
+        """Merge pieces of several files into batches of exactly batch_size chunks.
 
+        Pieces are split to fill each batch: 1,000 chunks in 20-chunk files made 17
+        batches of 60 instead of 16 of 64, a third round of requests for 8 embedders.
         A partial batch waits for more only while more is arriving: if nothing comes
         within a moment it is sent, so a slow loader never holds chunks back.
         """
+        size = self.settings.batch_size
         batch = _Batch()
         while True:
             try:
@@ -370,17 +440,42 @@ class Pipeline:
                 continue
             if piece is None:
                 break
-            if batch.pieces and len(batch) + len(piece.ids) > self.settings.batch_size:
-                await batches.put(batch)
-                batch = _Batch()
-            batch.pieces.append(piece)
+            rest: _Piece | None = piece
+            while rest is not None:
+                head, rest = rest.split(size - len(batch))
+                batch.pieces.append(head)
+                if len(batch) >= size:
+                    await batches.put(batch)
+                    batch = _Batch()
         if batch.pieces:
             await batches.put(batch)
-        for _ in range(writers):
+        for _ in range(embedders):
             await batches.put(None)
 
-    async def _writer(self, batches: asyncio.Queue[_Batch | None]) -> None:
+    async def _embedder(
+        self,
+        batches: asyncio.Queue[_Batch | None],
+        embedded: asyncio.Queue[_Batch | None],
+        writers: int,
+    ) -> None:
         while (batch := await batches.get()) is not None:
+            batch.vectors = await self._retry(self._embed, batch.documents)
+            await embedded.put(batch)
+        self._embedders_left -= 1
+        if self._embedders_left == 0:  # the last one out tells every writer to stop
+            for _ in range(writers):
+                await embedded.put(None)
+
+    async def _embed(self, documents: list[Document]) -> list[np.ndarray]:
+        embeddings = self.store.embeddings
+        assert embeddings is not None and not isinstance(embeddings, list)
+        vectors = await embeddings.aembed_documents([d.page_content for d in documents])
+        # float32 rows take an eighth of the memory of lists of Python floats while the
+        # batch waits for a writer, and pymilvus packs them as they are.
+        return list(np.asarray(vectors, dtype=np.float32))
+
+    async def _writer(self, embedded: asyncio.Queue[_Batch | None]) -> None:
+        while (batch := await embedded.get()) is not None:
             await self._write(batch)
             count = len(batch)
             self.report.chunks_written += count
@@ -400,7 +495,13 @@ class Pipeline:
                 # The failed try may have inserted rows before the error reached us;
                 # Milvus does not deduplicate primary keys, so clear them first.
                 await records.delete_where(self.store, f"pk in {batch.ids!r}")
-            await self.store.aadd_documents(batch.documents, ids=batch.ids)
+            documents = batch.documents
+            await self.store.aadd_embeddings(
+                [d.page_content for d in documents],
+                batch.vectors,
+                [d.metadata for d in documents],
+                ids=batch.ids,
+            )
 
         await self._retry(insert)
 
@@ -417,20 +518,30 @@ class Pipeline:
             asked = _retry_after(error) if error is not None else None
             return max(backoff(state), min(asked, MAX_RETRY_AFTER) if asked else 0.0)
 
+        def stop(state: RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            if _rate_limited(error):
+                return state.seconds_since_start >= self.rate_limit_patience
+            return state.attempt_number >= self.retry_attempts
+
         def announce(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             if error is None:
                 return
             seconds = state.next_action.sleep if state.next_action else 0.0
-            self.reporter.note(
-                "(retry)",
-                f"{_explain(error, self.settings)}; trying again in {seconds:.1f} s "
-                f"(attempt {state.attempt_number + 1} of {self.retry_attempts})",
-            )
+            if _rate_limited(error):
+                left = max(0.0, self.rate_limit_patience - (state.seconds_since_start or 0.0))
+                then = f"waiting {seconds:.1f} s (rate limits are retried for {left:.0f} s more)"
+            else:
+                then = (
+                    f"trying again in {seconds:.1f} s "
+                    f"(attempt {state.attempt_number + 1} of {self.retry_attempts})"
+                )
+            self.reporter.note("(retry)", f"{_explain(error, self.settings)}; {then}")
 
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.retry_attempts),
+                stop=stop,
                 wait=wait,
                 retry=retry_if_exception(lambda e: not _permanent(e)),
                 before_sleep=announce,
@@ -485,10 +596,10 @@ class Pipeline:
             await self._retry(records.delete_where, self.store, records.source_expr(source))
             self._outcome(FileOutcome(source, "removed"))
 
-    def _flush(self) -> None:
-        """Blocking: Milvus Lite searches unflushed rows by brute force, so flush at the end."""
+    async def _flush(self) -> None:
+        """Milvus Lite searches unflushed rows by brute force, so every run ends flushed."""
         try:
-            self.store.client.flush(self.store.collection_name)
+            await self.store.aclient.flush(self.store.collection_name)
         except Exception as error:  # a flush is an optimisation; never fail the ingest for it
             log.debug("flush failed: %s", error)
 
@@ -542,12 +653,17 @@ _quieted = 0
 _saved_level = logging.NOTSET
 
 
-def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | int:
+def _hash(found: FoundFile) -> str:
+    """Blocking: the file's sha256, or LoadError with a one-line reason."""
+    try:
+        return records.file_hash(found.path)
+    except OSError as error:
+        raise LoadError(error.strerror or str(error)) from None
+
+
+def _materialise_or_count(splitter: Splitter, loaded: LoadedFile) -> list[Chunk] | int:
     """Small files: the chunk list. Huge streamed files: only the count (a cheap first pass),
     because every row records the file's chunk count before the file is fully read."""
-    from ingest.loaders import LoadedFile
-
-    assert isinstance(loaded, LoadedFile)
     stream = splitter.chunks(loaded)
     first: list[Chunk] = []
     held = 0
@@ -561,6 +677,10 @@ def _materialise_or_count(splitter: Splitter, loaded: object) -> list[Chunk] | i
             first.clear()
             return counted + sum(1 for _ in stream)
     return first
+
+
+def _rate_limited(error: BaseException | None) -> bool:
+    return getattr(error, "status_code", None) == 429
 
 
 def _released(error: BaseException) -> bool:

@@ -138,7 +138,10 @@ class FakeOpenAIConfig:
     chat_token_delay: float = 0.0  # delay between streamed chunks
     chat_reply: str | Callable[[list[dict[str, Any]]], str] | None = None  # None => default_reply
     rpm_limit: int | None = None  # requests per minute per endpoint; over it -> 429 + Retry-After
-    retry_after: float = 1.0  # value of the Retry-After header on rate-limit 429s
+    rate_window: float = 60.0  # the quota's window in seconds (tests shorten the minute)
+    # Retry-After on rate-limit 429s: None tells the truth (seconds until the oldest request
+    # leaves the 60 s window, as real APIs roughly do); a number sends that value instead.
+    retry_after: float | None = None
     models: list[str] = field(
         default_factory=lambda: ["fake", "gpt-4o-mini", "text-embedding-3-small"]
     )
@@ -172,6 +175,7 @@ class RecordedRequest:
     monotonic: float  # time.monotonic() on arrival
     status: int = 0
     outcome: str = "pending"
+    retry_after: float | None = None  # the Retry-After answered, if any
 
 
 class StreamDropped(Exception):
@@ -473,10 +477,13 @@ class FakeOpenAI:
             if fault is None and cfg.rpm_limit is not None:
                 now = time.monotonic()
                 window = self._windows.setdefault(kind, deque())
-                while window and window[0] <= now - 60.0:
+                while window and window[0] <= now - cfg.rate_window:
                     window.popleft()
                 if len(window) >= cfg.rpm_limit:
-                    fault = Fault(429, cfg.retry_after, None)
+                    wait = cfg.retry_after
+                    if wait is None:
+                        wait = math.ceil(max(0.0, window[0] + cfg.rate_window - now) * 10) / 10
+                    fault = Fault(429, wait, None)
                     rec.outcome = "rate_limited"
                 else:
                     window.append(now)
@@ -484,7 +491,7 @@ class FakeOpenAI:
             return None
         if rec.outcome == "pending":
             rec.outcome = "fault"
-        rec.status = fault.status
+        rec.status, rec.retry_after = fault.status, fault.retry_after
         headers = {}
         if fault.retry_after is not None:
             headers["retry-after"] = _retry_after_value(fault.retry_after)
@@ -492,7 +499,9 @@ class FakeOpenAI:
             return Response(fault.body, status_code=fault.status, headers=headers)
         message = None
         if rec.outcome == "rate_limited":
-            message = f"Rate limit reached: {cfg.rpm_limit} requests per minute (fake)."
+            message = (
+                f"Rate limit reached: {cfg.rpm_limit} requests per {cfg.rate_window:g} s (fake)."
+            )
         return JSONResponse(_error_body(fault.status, message), fault.status, headers=headers)
 
     @staticmethod
@@ -811,7 +820,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-token-delay", type=float, default=0.0)
     parser.add_argument("--chat-reply", default=None, help="fixed chat reply (default: rules)")
     parser.add_argument("--rpm", type=int, default=None, help="requests/min per endpoint")
-    parser.add_argument("--retry-after", type=float, default=1.0)
+    parser.add_argument(
+        "--retry-after", type=float, default=None, help="fixed Retry-After on rpm 429s"
+    )
     parser.add_argument(
         "--no-keep-alive",
         action="store_true",

@@ -47,7 +47,9 @@ def embedding_calls(server: FakeServer) -> list[RecordedRequest]:
     return [r for r in list(server.fake.requests) if r.kind == "embeddings"]
 
 
-async def ingest(open_env: OpenEnv, server: FakeServer, folder: Path) -> tuple[IngestReport, int]:
+async def ingest(
+    open_env: OpenEnv, server: FakeServer, folder: Path, **options: object
+) -> tuple[IngestReport, int]:
     """Ingest the folder; returns the report and the number of rows stored."""
     env = await open_env(
         embedding_provider="openai",
@@ -57,7 +59,7 @@ async def ingest(open_env: OpenEnv, server: FakeServer, folder: Path) -> tuple[I
     )
     with server.fake._lock:  # forget traffic so far, keep the queued faults
         server.fake.requests.clear()
-    report = await env.ingest(folder, RecordingReporter())
+    report = await env.ingest(folder, RecordingReporter(), **options)
     return report, await env.count()
 
 
@@ -96,6 +98,43 @@ async def test_server_errors_are_retried_and_nothing_is_lost(
     assert report.ok and rows == report.chunks_written
     assert report.count("added") == FILES
     assert len(embedding_calls(endpoint)) == batches + 3
+
+
+async def test_a_sustained_rate_limit_slows_the_ingest_down_and_loses_nothing(
+    open_env: OpenEnv, endpoint: FakeServer, folder: Path
+) -> None:
+    """A quota (1 request per 1.5 s here, per minute in real life) is not an outage.
+
+    The ingest needs several times the quota, so most requests are answered 429 at first,
+    and each 429 says when a request frees up. The run must wait and finish with every
+    chunk, and never send a request before the time the 429 named.
+    """
+    clean = await clean_batches(open_env, endpoint, folder)
+    endpoint.fake.config.rpm_limit, endpoint.fake.config.rate_window = 1, 1.5
+    report, rows = await ingest(open_env, endpoint, folder)
+    assert report.ok and rows == report.chunks_written > 0
+    calls = embedding_calls(endpoint)
+    limited = [r for r in calls if r.status == 429]
+    assert len(limited) >= 3, "the quota never tripped: the test proves nothing"
+    assert len(calls) - len(limited) == clean
+    for refused, following in itertools.pairwise(calls):  # one writer: a fixed order
+        if refused.status == 429:
+            assert refused.retry_after is not None
+            gap = following.monotonic - refused.monotonic
+            assert gap >= refused.retry_after - 0.05, f"came back after {gap:.2f} s"
+
+
+async def test_a_rate_limit_that_never_lifts_fails_after_the_patience_in_one_line(
+    open_env: OpenEnv, endpoint: FakeServer, folder: Path
+) -> None:
+    endpoint.fake.fail_next("embeddings", 429, count=10_000, retry_after=0.2)
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable) as caught:
+        await ingest(open_env, endpoint, folder, rate_limit_patience=3.0)
+    took = time.monotonic() - started
+    message = str(caught.value)
+    assert "\n" not in message and "429" in message, message
+    assert 3.0 <= took < 3.0 + 10, f"took {took:.1f} s"
 
 
 async def test_a_hung_endpoint_times_out_within_a_known_bound(
