@@ -181,6 +181,12 @@ def load_html(path: Path) -> LoadedFile:
             heading.replace_with(f"\n\n{'#' * level} {heading.get_text(' ', strip=True)}\n\n")
     for item in soup.find_all("li"):
         item.insert_before("\n- ")
+    # Cells get a separator (as DOCX tables do): without it "<td>Wingspan</td><td>2.9 m</td>"
+    # became "Wingspan2.9 m", one word that neither BM25 nor a reader could match.
+    for row in soup.find_all("tr"):
+        cells = row.find_all(["td", "th"], recursive=False)
+        for cell in cells[:-1]:
+            cell.append(" | ")
     # Line breaks only after block elements: get_text("\n") would also break lines
     # around inline tags ("founded in <b>2017</b> in Delft").
     for block in soup.find_all(BLOCK_TAGS):

@@ -8,6 +8,15 @@ Sections are found here rather than by langchain's MarkdownHeaderTextSplitter: t
 rebuilds the text line by line and drops every character ``str.isprintable`` rejects,
 so tabs vanished ("Drone\t1200" became "Drone1200"), as did zero-width joiners inside
 emoji, right-to-left marks and code indentation. Here a section is a verbatim slice.
+
+Each chunk also gets a contextual header: the document's title and the headings above it
+that its own text does not repeat ("Heron QH-640 Technical Specifications > Airframe").
+A table row "Length | 1.85 m" says nothing about which aircraft it describes; with the
+header, both the embedding and BM25 see it. On the bundled gold set this lifted dense
+recall@5 from 0.86 to 0.89 at chunk size 1000 and, with the HTML table fix, RRF k = 3 and
+800-character chunks, hybrid recall@5 from 0.91 to 0.96 (README, *Quality*). The header
+is part of the stored text, so the passage a model or a reader sees names its document
+and section too.
 """
 
 from __future__ import annotations
@@ -24,36 +33,96 @@ MAX_HEADING_LEVEL = 4  # "#" to "####" start a section; deeper headings stay in 
 _HEADING = re.compile(rf"(#{{1,{MAX_HEADING_LEVEL}}})(?:\s+(.*))?")
 
 
+MAX_HEADER = 200  # characters; a runaway title must not crowd out the text itself
+
+
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of text to embed, with where it came from."""
+    """One piece of text to embed, with where it came from.
 
-    text: str
+    ``body`` is a verbatim slice of the document (at most ``chunk_size`` characters);
+    ``text``, what is stored, embedded and indexed, is the header line and then the body.
+    """
+
+    body: str
     page: int | None
     section: str
+    header: str = ""
+
+    @property
+    def text(self) -> str:
+        return f"{self.header}\n\n{self.body}" if self.header else self.body
 
 
 class Splitter:
-    """Holds configured splitters; reusable across files and threads (they are stateless)."""
+    """Holds configured splitters; reusable across files and threads (they are stateless).
+
+    The header counts towards ``chunk_size``: the stored text stays within the configured
+    size (and within what the embedding model reads), so the body gets what is left.
+    """
 
     def __init__(self, chunk_size: int, chunk_overlap: int) -> None:
-        self.recursive = RecursiveCharacterTextSplitter(
-            chunk_size=chunk_size, chunk_overlap=chunk_overlap, strip_whitespace=True
-        )
+        self.chunk_size, self.chunk_overlap = chunk_size, chunk_overlap
+        self.max_header = min(MAX_HEADER, chunk_size // 4)
+        self._by_budget: dict[int, RecursiveCharacterTextSplitter] = {}
+
+    def _splitter(self, budget: int) -> RecursiveCharacterTextSplitter:
+        """One splitter per body size; a race at worst builds two equal ones."""
+        splitter = self._by_budget.get(budget)
+        if splitter is None:
+            splitter = RecursiveCharacterTextSplitter(
+                chunk_size=budget,
+                chunk_overlap=min(self.chunk_overlap, budget - 1),
+                strip_whitespace=True,
+            )
+            self._by_budget[budget] = splitter
+        return splitter
 
     def chunks(self, loaded: LoadedFile) -> Iterator[Chunk]:
         """Blocking, lazy and deterministic: the same file always gives the same chunks."""
+        title = readable_title(loaded.title)
         for part in loaded.parts():
             if loaded.markdown:
                 for path, text in sections(part.text):
-                    yield from self._cut(text, part.page, path)
+                    yield from self._cut(text, part.page, path, title)
             else:
-                yield from self._cut(part.text, part.page, "")
+                yield from self._cut(part.text, part.page, "", title)
 
-    def _cut(self, text: str, page: int | None, section: str) -> Iterator[Chunk]:
-        for piece in self.recursive.split_text(text):
+    def _cut(self, text: str, page: int | None, section: str, title: str) -> Iterator[Chunk]:
+        # The longest header this section can have; a piece's own may only be shorter.
+        longest = context_header(title, section, "", self.max_header)
+        budget = self.chunk_size - (len(longest) + 2 if longest else 0)
+        for piece in self._splitter(budget).split_text(text):
             if piece.strip():
-                yield Chunk(piece, page, section)
+                header = context_header(title, section, piece, self.max_header)
+                yield Chunk(piece, page, section, header)
+
+
+def readable_title(title: str) -> str:
+    """A file name standing in for a title reads as words: "office_facilities_guide" is
+    one token to BM25, "office facilities guide" three that questions can match."""
+    title = " ".join(title.split())
+    return title.replace("_", " ") if " " not in title else title
+
+
+def context_header(title: str, section: str, body: str, limit: int = MAX_HEADER) -> str:
+    """The title and heading path of a chunk, less what its text already says.
+
+    A heading that appears in the body (the chunk starts with it) and a heading whose
+    words are all in an earlier part (an H1 repeating the title) would only count the
+    same words twice for BM25, so they are left out.
+    """
+    kept: list[str] = []
+    for part in (title, *section.split(" > ")):
+        part = part.strip()
+        if not part or part in body:
+            continue
+        words = set(re.findall(r"\w+", part.lower()))
+        if any(words <= set(re.findall(r"\w+", k.lower())) for k in kept):
+            continue
+        kept.append(part)
+    header = " > ".join(kept)
+    return header if len(header) <= limit else header[: limit - 1].rstrip() + "…"
 
 
 def sections(text: str) -> Iterator[tuple[str, str]]:

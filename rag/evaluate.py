@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from ingest import records
 from rag.errors import CollectionNotFound, RagError
-from rag.retrieval import Hit, SearchMode, SearchOptions, effective_mode, retrieve
+from rag.retrieval import RRF_K, Hit, SearchMode, SearchOptions, effective_mode, retrieve
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
@@ -331,6 +331,7 @@ class EvalConfig:
     ranker: str = "rrf"
     dense_weight: float = 0.6
     fetch_k: int = 20
+    rrf_k: int = RRF_K
     label: str = ""
 
     @property
@@ -348,6 +349,7 @@ class EvalConfig:
             mode=self.mode,
             ranker=self.ranker,  # type: ignore[arg-type]
             dense_weight=self.dense_weight,
+            rrf_k=self.rrf_k,
         )
 
 
@@ -364,6 +366,7 @@ def config_from_mode(mode: str, k: int, mmr: bool, settings: Settings) -> EvalCo
         ranker=ranker,
         dense_weight=settings.hybrid_dense_weight,
         fetch_k=settings.fetch_k,
+        rrf_k=settings.hybrid_rrf_k,
     )
 
 

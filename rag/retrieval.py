@@ -47,9 +47,12 @@ SearchMode = Literal["dense", "bm25", "hybrid"]
 Ranker = Literal["rrf", "weighted"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "bm25", "hybrid")
 OUTPUT_FIELDS = [PRIMARY_FIELD, TEXT_FIELD, *METADATA_FIELDS]
-# The constant of reciprocal rank fusion; 60 is the value of the original paper
-# and Milvus' default.
-RRF_K = 60
+# The constant of reciprocal rank fusion (score = sum of 1 / (k + rank)). The paper's 60
+# suits fusing lists a thousand deep; with the 20 candidates per side fused here it lets
+# a chunk ranked 15th by both sides beat the top dense hit that BM25 does not return at
+# all. A small k trusts each side's top hits: on the gold set k = 1, 3 or 5 beat 60 at
+# every chunk size tried (800 to 1500); at 800, k = 3 took recall@5 from 0.94 to 0.96.
+RRF_K = 3
 COSINE_PARAMS: dict[str, Any] = {"metric_type": "COSINE", "params": {}}
 # No drop_ratio_search: Milvus Lite accepts only 0 there (see the shared notes).
 BM25_PARAMS: dict[str, Any] = {"metric_type": "BM25", "params": {}}
@@ -83,6 +86,7 @@ class SearchOptions:
     mode: SearchMode = "dense"
     ranker: Ranker = "rrf"
     dense_weight: float = 0.6
+    rrf_k: int = RRF_K
 
 
 def search_options(settings: Settings) -> SearchOptions:
@@ -94,6 +98,7 @@ def search_options(settings: Settings) -> SearchOptions:
         mode=settings.search_mode,
         ranker=settings.hybrid_ranker,
         dense_weight=settings.hybrid_dense_weight,
+        rrf_k=settings.hybrid_rrf_k,
     )
 
 
@@ -170,7 +175,7 @@ async def _lexical(
             AnnSearchRequest([question], SPARSE_FIELD, BM25_PARAMS, candidates, expr),
         ]
         ranker: Any = (
-            RRFRanker(RRF_K)
+            RRFRanker(options.rrf_k)
             if options.ranker == "rrf"
             else WeightedRanker(options.dense_weight, 1 - options.dense_weight)
         )

@@ -41,7 +41,11 @@ VECTOR_FIELD = "vector"
 # (a built-in function), so inserts never carry it.
 SPARSE_FIELD = "sparse"
 BM25_FUNCTION = "text_bm25"
-SCHEMA_VERSION = 2
+# 3: chunk text starts with a contextual header (ingest/split.py). Older collections still
+# work but rank worse, and unchanged files are never rewritten, so they must be rebuilt.
+SCHEMA_VERSION = 3
+# What each version changed, told to the user who is asked to rebuild.
+SCHEMA_CHANGES = {3: "chunks now start with their document title and section"}
 MAX_VARCHAR = 65_535
 # Every chunk row carries exactly these metadata fields, so the schema never
 # depends on which document happened to be inserted first.
@@ -254,9 +258,11 @@ def ensure_collection(
             "collection (--collection / RAG_COLLECTION) or rebuild it with --recreate"
         )
     if found.schema_version != SCHEMA_VERSION:
+        why = SCHEMA_CHANGES.get(SCHEMA_VERSION, "")
         raise EmbeddingMismatch(
             f"collection {name!r} uses schema version {found.schema_version}, this app "
-            f"needs {SCHEMA_VERSION}; rebuild it with `rag ingest FOLDER --recreate`"
+            f"needs {SCHEMA_VERSION}{f' ({why})' if why else ''}; rebuild it with "
+            "`rag ingest FOLDER --recreate`"
         )
     return found
 

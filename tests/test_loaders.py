@@ -120,6 +120,18 @@ def test_html_headings_become_markdown_sections(tmp_path: Path) -> None:
     assert "Range Rules > Flags > Night flights" in sections
 
 
+def test_html_table_cells_stay_separate_words(tmp_path: Path) -> None:
+    """Cells are separated: "<td>Wingspan</td><td>2.9 m</td>" was "Wingspan2.9 m"."""
+    path = tmp_path / "specs.html"
+    path.write_text(
+        "<html><body><table><tr><th>Property</th><th>Value</th></tr>"
+        "<tr><td>Wingspan</td><td>2.9 m</td></tr></table></body></html>"
+    )
+    lines = full_text(load(path, NO_LIMIT)).splitlines()
+    assert "Property | Value" in lines
+    assert "Wingspan | 2.9 m" in lines
+
+
 def test_html_without_title_tag_uses_first_heading(tmp_path: Path) -> None:
     path = tmp_path / "untitled.htm"
     path.write_text(

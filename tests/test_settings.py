@@ -21,7 +21,7 @@ def test_defaults_run_offline_on_milvus_lite() -> None:
     assert settings.milvus_path == Path("data/milvus.db")
     assert settings.collection == "documents"
     assert settings.embedding_provider == "local"
-    assert (settings.chunk_size, settings.chunk_overlap) == (1000, 150)
+    assert (settings.chunk_size, settings.chunk_overlap) == (800, 120)
     assert (settings.batch_size, settings.concurrency) == (64, 4)
     assert settings.max_file_mb == 200
     assert settings.milvus_token is None
@@ -153,7 +153,7 @@ def test_every_secret_is_masked_in_public_view(monkeypatch: pytest.MonkeyPatch) 
         value = getattr(settings, name)
         assert isinstance(value, SecretStr) and value.get_secret_value().startswith("s3cr3t")
     # public_view keeps everything else readable
-    assert view["chunk_size"] == 1000
+    assert view["chunk_size"] == 800
     assert view["milvus_uri"] == "./data/milvus.db"
 
 

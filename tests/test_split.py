@@ -42,7 +42,7 @@ def test_markdown_sections_are_recorded_as_heading_paths() -> None:
         "Forms.": "Appendix",
     }
     # headings stay in the chunk text, so the passage shown to a user keeps its title
-    assert any(c.text.startswith("## Leave") for c in chunks)
+    assert any(c.body.startswith("## Leave") for c in chunks)
 
 
 def test_plain_text_has_no_section_even_with_hash_lines() -> None:
@@ -59,20 +59,20 @@ def test_chunks_never_exceed_chunk_size(size: int, overlap: int) -> None:
     for path in SAMPLE_FILES:
         for chunk in splitter.chunks(load(path, NO_LIMIT)):
             assert len(chunk.text) <= size, (path.name, len(chunk.text))
-            assert chunk.text.strip(), "an empty chunk would be embedded for nothing"
-            longest = max(longest, len(chunk.text))
+            assert chunk.body.strip(), "an empty chunk would be embedded for nothing"
+            longest = max(longest, len(chunk.body))
     assert longest > size * 0.6  # the limit is actually approached, chunks are not tiny
 
 
 def test_one_long_word_is_still_cut_to_size() -> None:
     chunks = list(Splitter(200, 20).chunks(loaded_text("x" * 1000, markdown=False)))
     assert chunks and all(len(c.text) <= 200 for c in chunks)
-    assert "".join(c.text for c in chunks).count("x") >= 1000
+    assert "".join(c.body for c in chunks).count("x") >= 1000
 
 
 def test_neighbouring_chunks_overlap() -> None:
     text = " ".join(f"word{i}" for i in range(400))
-    chunks = [c.text for c in Splitter(200, 60).chunks(loaded_text(text, markdown=False))]
+    chunks = [c.body for c in Splitter(200, 60).chunks(loaded_text(text, markdown=False))]
     assert len(chunks) > 5
     for first, second in itertools.pairwise(chunks):
         shared = words(first) & words(second)
@@ -102,7 +102,7 @@ def test_pdf_chunks_keep_their_page() -> None:
     # a chunk never spans two pages: its words all come from its own page
     texts = {p.page: p.text for p in loaded.parts()}
     for chunk in chunks:
-        assert chunk.text in texts[chunk.page]
+        assert chunk.body in texts[chunk.page]
 
 
 def test_markdown_sample_sections() -> None:
@@ -111,3 +111,20 @@ def test_markdown_sample_sections() -> None:
     assert all(c.section.startswith(top) for c in chunks)
     first_day = [c for c in chunks if "**09:30** at the Rotterdam reception" in c.text]
     assert [c.section for c in first_day] == [f"{top} > Your first day"]
+
+
+def test_chunks_carry_their_title_and_the_headings_their_text_does_not_repeat() -> None:
+    text = "# Heron\n\n## Airframe\n\n" + "Wingspan | 2.9 m\n\n" * 60
+    loaded = LoadedFile("Heron QH-640 specifications", True, lambda: iter([Part(text)]))
+    chunks = list(Splitter(300, 0).chunks(loaded))
+    assert chunks[0].header == "Heron QH-640 specifications"  # "## Airframe" is in its text
+    assert chunks[-1].header == "Heron QH-640 specifications > Airframe"
+    # the stored text is the header, a blank line, then the verbatim slice
+    assert chunks[-1].text == f"{chunks[-1].header}\n\n{chunks[-1].body}"
+
+
+def test_a_file_name_standing_in_for_a_title_reads_as_words() -> None:
+    loaded = loaded_text("Lost badges cost EUR 15.", markdown=False)
+    named = LoadedFile("office_facilities_guide", False, loaded.parts)
+    [chunk] = Splitter(1000, 100).chunks(named)
+    assert chunk.text == "office facilities guide\n\nLost badges cost EUR 15."
