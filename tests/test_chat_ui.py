@@ -280,7 +280,8 @@ async def test_answer_streams_then_lists_sources_with_side_elements(chat_ui: Cha
 
         # the model was given the numbered context and the question (no condense: no history)
         (prompt,) = chat_ui.chat_prompts()
-        assert "[1] (source: falcon.txt)\nThe launch code for Project Falcon is ZX-4471." in prompt
+        passage = "falcon\n\nThe launch code for Project Falcon is ZX-4471."  # header, text
+        assert f"[1] (source: falcon.txt)\n{passage}" in prompt
         assert f"Question: {FALCON_Q}" in prompt
         (request,) = chat_ui.fake.chat_requests()
         assert request["stream"] is True

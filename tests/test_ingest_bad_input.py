@@ -196,7 +196,7 @@ async def test_invalid_utf8_is_decoded_with_a_note(open_env: OpenEnv, tmp_path: 
     assert by_source(report)["legacy.txt"].status == "added"
     assert reporter.notes == [("legacy.txt", "not valid UTF-8; decoded as cp1252")]
     rows = await env.rows('source == "legacy.txt"')
-    assert [r["text"] for r in rows] == [text.strip()]
+    assert [r["text"] for r in rows] == [f"legacy\n\n{text.strip()}"]  # header, then text
 
 
 async def test_invalid_utf8_late_in_the_file_fails_with_position(

@@ -62,5 +62,6 @@ async def test_update_and_removal_on_a_server(
     assert outcomes["sub/dock.md"].status == "removed"
     assert outcomes["range.md"].status == "unchanged"
     rows = await env.rows('source == "canteen.txt"')
-    assert [r["text"] for r in rows] == ["Lunch now costs EUR 5.00.\n\nCoffee is free."]
+    # After the contextual header (the file's name as its title), the file's text.
+    assert [r["text"] for r in rows] == ["canteen\n\nLunch now costs EUR 5.00.\n\nCoffee is free."]
     assert await env.count('source == "sub/dock.md"') == 0

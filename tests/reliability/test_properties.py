@@ -61,7 +61,7 @@ def assert_reconstructs(text: str, chunks: list[str], size: int, overlap: int) -
 
 def chunks_of(text: str, markdown: bool, size: int, overlap: int) -> list[str]:
     loaded = LoadedFile("t", markdown, lambda: iter([Part(text)]))
-    return [c.text for c in Splitter(size, overlap).chunks(loaded)]
+    return [c.body for c in Splitter(size, overlap).chunks(loaded)]  # the header is added text
 
 
 @EXAMPLES

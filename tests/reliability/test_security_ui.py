@@ -294,7 +294,8 @@ async def test_a_duplicate_upload_name_replaces_the_file_and_its_passages(ui: Se
         )
     finally:
         store.close()
-    assert [r["text"] for r in rows] == ["Version two: the gate code is 2222."]
+    # The stored text starts with the contextual header (the file's name as its title).
+    assert [r["text"] for r in rows] == ["notes\n\nVersion two: the gate code is 2222."]
     assert (
         ui.root / "uploads" / "notes.txt"
     ).read_text() == "Version two: the gate code is 2222.\n"
