@@ -107,6 +107,8 @@ class LoopLag:
 
 
 def _role(cmdline: str) -> str:
+    if "bench.serving --worker" in cmdline:  # a replica of this process (bench/serving.py)
+        return "client"
     if "fake_openai" in cmdline:
         return "embedding server"
     if "milvus" in cmdline:

@@ -124,15 +124,21 @@ def _process(command: list[str], port: int, timeout: float = 60) -> Iterator[Non
 
 @contextlib.contextmanager
 def fake_openai(
-    latency: float, jitter: float, rpm: int | None = None, chat_token_delay: float = 0.0
+    latency: float,
+    jitter: float,
+    rpm: int | None = None,
+    chat_token_delay: float = 0.0,
+    chat_first_token_delay: float = 0.0,
+    rate_window: float = 60.0,
 ) -> Iterator[str]:
     """The tests' fake OpenAI server with per-request latency; yields its base URL."""
     port = free_port()
     command = [sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--port", str(port),
                "--embed-latency", str(latency), "--embed-jitter", str(jitter),
-               "--chat-token-delay", str(chat_token_delay)]  # fmt: skip
+               "--chat-token-delay", str(chat_token_delay),
+               "--chat-first-token-delay", str(chat_first_token_delay)]  # fmt: skip
     if rpm:
-        command += ["--rpm", str(rpm), "--retry-after", "1"]
+        command += ["--rpm", str(rpm), "--rate-window", str(rate_window)]
     with _process(command, port):
         yield f"http://127.0.0.1:{port}/v1"
 

@@ -821,6 +821,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chat-reply", default=None, help="fixed chat reply (default: rules)")
     parser.add_argument("--rpm", type=int, default=None, help="requests/min per endpoint")
     parser.add_argument(
+        "--rate-window", type=float, default=60.0, help="seconds the --rpm quota is counted over"
+    )
+    parser.add_argument(
         "--retry-after", type=float, default=None, help="fixed Retry-After on rpm 429s"
     )
     parser.add_argument(
@@ -839,6 +842,7 @@ def main(argv: list[str] | None = None) -> None:
         chat_token_delay=args.chat_token_delay,
         chat_reply=args.chat_reply,
         rpm_limit=args.rpm,
+        rate_window=args.rate_window,
         retry_after=args.retry_after,
         keep_alive=not args.no_keep_alive,
     )

@@ -21,7 +21,7 @@ PARTS = [
      "study"),
     ("bench.ingest_scale", ["--sizes", "60", "--modes", "latency", "--targets", "lite",
                             "--latency", "0.005"], "ingest_scale"),
-    ("bench.serving", ["--quick", "--modes", "remote@lite", "--levels", "1,3",
+    ("bench.serving", ["--quick", "--modes", "remote@lite,remote@lite-server×2", "--levels", "1,4",
                        "--token-delay", "0.001"], "serving"),
     ("bench.retrieval_latency", ["--sizes", "300"], "retrieval_latency"),
 ]  # fmt: skip
