@@ -112,6 +112,7 @@ def headline(study: Any, ingest: Any, serving: Any, path: Path) -> Path | None:
     if study:
         ax = next(ax_iter)
         target, rows = next(iter(study.items()))
+        rows = [r for r in rows if r["sync"] is not None]  # the ingest rows have no sync loop
         rows = [r for r in rows if r["n"] == max(x["n"] for x in rows)]
         bars(ax, [f"{r['op']} ×{r['n']}" for r in rows],
              {"naive gather": [r["sync"] / r["naive"] for r in rows],

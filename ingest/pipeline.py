@@ -145,7 +145,7 @@ class _Piece:
 
 @dataclass
 class _Batch:
-    """Chunks of one or more files written by one aadd_documents call.
+    """Chunks of one or more files embedded in one request and written in one insert.
 
     Small files would otherwise each make a small call: with 20-chunk files and a
     remote embedding API, per-file batches tripled the number of requests.

@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     # 0.81, recall@5 0.96), and stays within the 256 word pieces MiniLM reads.
     chunk_size: int = Field(800, ge=100, le=8000, description="Characters per chunk.")
     chunk_overlap: int = Field(120, ge=0)
-    batch_size: int = Field(64, gt=0, le=4096, description="Chunks per aadd_documents call.")
-    concurrency: int = Field(4, gt=0, le=64, description="Concurrent writes to Milvus.")
+    batch_size: int = Field(64, gt=0, le=4096, description="Chunks per request/insert.")
+    concurrency: int = Field(4, gt=0, le=64, description="Embedding requests in flight.")
     max_file_mb: float = Field(200.0, gt=0, description="Larger files are refused.")
 
     # --- retrieval --------------------------------------------------------

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 PARTS = [
-    ("bench.study", ["--targets", "lite", "--latency", "0.005", "--jitter", "0", "--sizes", "10"],
-     "study"),
+    ("bench.study", ["--targets", "lite", "--latency", "0.005", "--jitter", "0", "--sizes", "10",
+                     "--ingest-sizes", "30"], "study"),
     ("bench.ingest_scale", ["--sizes", "60", "--modes", "latency", "--targets", "lite",
                             "--latency", "0.005"], "ingest_scale"),
     ("bench.serving", ["--quick", "--modes", "remote@lite,remote@lite-server×2", "--levels", "1,4",
@@ -57,6 +57,8 @@ def test_benchmark_part_runs(results: Path, module: str, args: list[str], name: 
     table = (results / f"{name}.md").read_text(encoding="utf-8")
     assert "Command: `python -m " in table and table.count("\n|") >= 3, table
     assert f"]({name}.png)" in table, "the Markdown does not show its chart"
+    if name == "study":  # the scaled-up add: naive gather vs the project, no sync loop
+        assert "| ingest | 30 | — |" in table, table
     assert_png(results / f"{name}.png")
     assert (results / f"{name}.json").is_file()
 
