@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from bench.charts import headline
 from bench.report import RESULTS, load_json
@@ -35,10 +36,15 @@ def main(argv: list[str]) -> int:
         return 0
     quick = ["--quick"] if "--quick" in argv else []
     failed = 0
+    took: dict[str, float] = {}
+    started = time.perf_counter()
     for part in PARTS:
         print(f"\n=== {part} {' '.join(quick)}", flush=True)
         failed |= subprocess.call([sys.executable, "-m", part, *quick]) != 0
+        took[part] = time.perf_counter() - started - sum(took.values())
     draw_headline()
+    print("\n" + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in took.items()))
+    print(f"all parts: {time.perf_counter() - started:.0f} s")
     return 1 if failed else 0
 
 

@@ -86,15 +86,21 @@ def pinned_settings(uri: str, size: int) -> Any:
     )
 
 
-def configs() -> list[EvalConfig]:
+QUICK_MODES = ("dense", "hybrid-rrf")  # --quick: the baseline and the default, MMR off
+
+
+def configs(quick: bool = False) -> list[EvalConfig]:
     return [
         EvalConfig(mode=mode, k=5, mmr=mmr, ranker=ranker, label=label + (" +mmr" if mmr else ""))
         for label, mode, ranker in MODES
         for mmr in MMR
+        if not quick or (label in QUICK_MODES and not mmr)
     ]
 
 
-async def measure(dataset: Dataset, sizes: Sequence[int], workdir: Path) -> list[Row]:
+async def measure(
+    dataset: Dataset, sizes: Sequence[int], workdir: Path, quick: bool = False
+) -> list[Row]:
     from rag.embeddings import build_embeddings
     from rag.services import resolve_dimension
 
@@ -107,7 +113,7 @@ async def measure(dataset: Dataset, sizes: Sequence[int], workdir: Path) -> list
     rows: list[Row] = []
     try:
         for size in sizes:
-            rows += await measure_size(dataset, uri, size, embeddings, dimension)
+            rows += await measure_size(dataset, uri, size, embeddings, dimension, quick)
     finally:
         from milvus_lite.server_manager import server_manager_instance
 
@@ -116,7 +122,7 @@ async def measure(dataset: Dataset, sizes: Sequence[int], workdir: Path) -> list
 
 
 async def measure_size(
-    dataset: Dataset, uri: str, size: int, embeddings: Any, dimension: int
+    dataset: Dataset, uri: str, size: int, embeddings: Any, dimension: int, quick: bool = False
 ) -> list[Row]:
     """Ingest the corpus at one chunk size, then run every search configuration on it."""
     from rag.store import open_store
@@ -135,7 +141,7 @@ async def measure_size(
     )
     if getattr(store, "bm25_unavailable", None):
         console.print(f"[yellow]note[/]: {store.bm25_unavailable}; bm25/hybrid run dense")
-    for config in configs():
+    for config in configs(quick):
         summary = await evaluate_retrieval(store, dataset, config, RELEVANCE_FLOOR)
         rows.append(Row(size, report.chunks_written, summary))
     return rows
@@ -269,14 +275,15 @@ def write(dataset: Dataset, rows: list[Row], command: str, out: Path) -> tuple[P
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help=f"only chunk size {DEFAULT_SIZE}")
+    quick_help = f"chunk size {DEFAULT_SIZE}, {' and '.join(QUICK_MODES)} only"
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--questions", type=Path, default=QUESTIONS, help="JSONL gold set")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = parser.parse_args(argv)
     dataset = load_dataset(args.questions)
     sizes = (DEFAULT_SIZE,) if args.quick else CHUNK_SIZES
     with tempfile.TemporaryDirectory(prefix="rag-quality-") as workdir:
-        rows = asyncio.run(measure(dataset, sizes, Path(workdir)))
+        rows = asyncio.run(measure(dataset, sizes, Path(workdir), args.quick))
     show("Retrieval quality", *table_rows(rows))
     show("Recall@5 by tag", *tag_rows(rows))
     command = "python -m bench.quality" + (" --quick" if args.quick else "")

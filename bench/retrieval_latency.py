@@ -96,10 +96,10 @@ def chart(results: list[dict[str, float | str]], path: Path) -> Path:
 def main() -> None:
     tolerate_lite_keepalive()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 rows")
+    parser.add_argument("--quick", action="store_true", help="1,000 and 3,000 rows")
     parser.add_argument("--sizes", default="10000,100000")
     args = parser.parse_args()
-    sizes = [1000, 10000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    sizes = [1000, 3000] if args.quick else [int(s) for s in args.sizes.split(",")]
     results = [asyncio.run(measure(size)) for size in sizes]
     rows = [[f"{r['rows']:,}", str(r["index"]),
              f"{r['before_p50']:.1f} / {r['before_p95']:.1f}",
