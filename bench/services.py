@@ -77,7 +77,9 @@ def wait_for_milvus(uri: str, process: subprocess.Popen[bytes], timeout: float) 
         if process.poll() is not None:
             raise RuntimeError(f"Milvus at {uri} exited with {process.returncode}")
         try:
-            client = MilvusClient(uri=uri, timeout=2)
+            # dedicated: pymilvus 3 shares one connection per address, and a shared one
+            # made here would keep its channel options for every later client.
+            client = MilvusClient(uri=uri, timeout=2, dedicated=True)
             try:
                 client.list_collections()
                 return

@@ -33,6 +33,7 @@ from rich.table import Table
 from bench import charts
 from bench.report import RESULTS, save_json, tolerate_lite_keepalive
 from bench.services import fake_openai, milvus_target
+from rag.store import SERVER_GRPC_OPTIONS
 
 PUBLISHED = {  # seconds: (sync, async)
     ("add", 10): (5.36, 1.74),
@@ -63,6 +64,13 @@ def documents(n: int, start: int = 0) -> list[Document]:
     ]
 
 
+def study_connection(uri: str) -> dict[str, object]:
+    """The tutorial's connection, with the app's ping interval on a server (rag/store.py)."""
+    if uri.endswith(".db"):
+        return {"uri": uri}
+    return {"uri": uri, "grpc_options": SERVER_GRPC_OPTIONS}
+
+
 def open_store(uri: str, base_url: str) -> Milvus:
     """The study's store: auto_id, drop_old; created up front so concurrent inserts don't race.
 
@@ -80,7 +88,7 @@ def open_store(uri: str, base_url: str) -> Milvus:
         http_client=httpx2.Client(limits=limits, timeout=REQUEST_TIMEOUT),
     )  # fmt: skip
     store = Milvus(
-        embeddings, collection_name="bench", connection_args={"uri": uri},
+        embeddings, collection_name="bench", connection_args=study_connection(uri),
         auto_id=True, drop_old=True, consistency_level="Strong",
     )  # fmt: skip
     store.add_documents(documents(1, start=10**6))

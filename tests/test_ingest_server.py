@@ -65,3 +65,18 @@ async def test_update_and_removal_on_a_server(
     # After the contextual header (the file's name as its title), the file's text.
     assert [r["text"] for r in rows] == ["canteen\n\nLunch now costs EUR 5.00.\n\nCoffee is free."]
     assert await env.count('source == "sub/dock.md"') == 0
+
+
+async def test_server_clients_ping_no_faster_than_a_grpc_server_allows(
+    open_env: OpenEnv, milvus_server: str
+) -> None:
+    """`milvus-lite server` keeps gRPC's ping policy (one ping without data per 5 min, two
+    strikes); pymilvus' 10 s pings once got a 100k-chunk ingest GOAWAY "too_many_pings".
+    Waiting minutes for a GOAWAY is no test, so this checks the channel options that both
+    of the store's clients were built with, after the fixture's readiness check (pymilvus
+    3 shares one connection per address: a client made earlier could impose its own)."""
+    env = await open_env(milvus_uri=milvus_server)
+    await env.count()  # the async client connects on first use
+    for client in (env.store.client, env.store.aclient):
+        options = client._handler._grpc_options  # pymilvus merges these over its defaults
+        assert options.get("grpc.keepalive_time_ms", 10_000) >= 300_000, type(client).__name__
