@@ -367,7 +367,12 @@ async def run_one(
 ) -> Result:
     corpus = work / "corpus"
     corpus.mkdir()
-    overrides: dict[str, object] = {"milvus_uri": uri, "collection": "scale"}
+    # The stages alone call Milvus without the pipeline's retries, and one insert into a
+    # `milvus-lite server` holding ~50k rows once took over the default 10 s (seen here:
+    # "[insert_rows] Retry timeout: 10.0s" ended a 100k-chunk run): a minute per call.
+    overrides: dict[str, object] = {
+        "milvus_uri": uri, "collection": "scale", "milvus_timeout": 60.0,
+    }  # fmt: skip
     if base_url:
         overrides |= {"embedding_provider": "openai", "embedding_base_url": base_url,
                           "embedding_dimensions": 384,
