@@ -191,7 +191,18 @@ async def _create(conn: AsyncConnection, dialect: str) -> None:
         for name, kind, _ in columns:
             if name not in existing.get(table, {name}):
                 sql_type = _sql_type(dialect, kind).split(" DEFAULT")[0]
-                await conn.execute(text(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {sql_type}'))
+                try:
+                    await conn.execute(
+                        text(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {sql_type}')
+                    )
+                except Exception:
+                    # SQLite runs DDL outside a transaction (Python's sqlite3 only opens one
+                    # for DML), so a second process starting at the same moment can add the
+                    # column between our look and our ALTER ("duplicate column name", seen
+                    # once in CI). PostgreSQL cannot race: the advisory lock above.
+                    if name not in (await conn.run_sync(_existing_columns)).get(table, set()):
+                        raise
+                    continue
                 log.info("chat history: added column %s.%s", table, name)
 
 
