@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from rag.chain import RagChain
 from rag.llm import build_chat_model
-from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
+from rag.local_llm import LocalLLMServer
+from rag.local_models import MODELS
 from rag.prompts import load_prompts
 from rag.retrieval import SearchOptions, search_options
 from rag.services import Services, open_services
@@ -25,14 +26,28 @@ class Assistant:
     chain: RagChain
     services: Services
     llm_label: str
+    tiny: bool = False  # the bundled 135M model answers: the chat says so under each answer
 
     def default_options(self) -> SearchOptions:
         return search_options(self.services.settings)
 
 
+def describe_model(model: str, where: str) -> str:
+    """What the chat and `rag ask` say answers: a bundled model by its title, and the
+    tiny one with a warning, so nobody mistakes its answers for the project's best."""
+    bundled = MODELS.get(model)
+    if bundled is None:
+        return f"{model} at {where}"
+    label = f"{bundled.title} (bundled, offline)"
+    if bundled.tiny:
+        label += " — a tiny model: expect wrong answers; set RAG_LOCAL_LLM or RAG_LLM_BASE_URL"
+    return label
+
+
 def build_chain(services: Services, base_url: str | None, model: str) -> Assistant:
     settings = services.settings.model_copy(update={"llm_model": model})
-    llm = build_chat_model(settings, base_url=base_url, tiny=model == LOCAL_MODEL_NAME)
+    bundled = MODELS.get(model)
+    llm = build_chat_model(settings, base_url=base_url, tiny=bool(bundled and bundled.tiny))
     where = base_url or "the OpenAI API"
     chain = RagChain(
         services.store,
@@ -41,7 +56,8 @@ def build_chain(services: Services, base_url: str | None, model: str) -> Assista
         relevance_floor=settings.relevance_floor,
         llm_name=where,
     )
-    return Assistant(chain, services, f"{model} at {where}")
+    tiny = bundled is not None and bundled.tiny
+    return Assistant(chain, services, describe_model(model, where), tiny)
 
 
 @asynccontextmanager
@@ -56,7 +72,7 @@ async def open_assistant(
             base_url, model = settings.llm_base_url, settings.llm_model
             services = await open_services(settings, collection=collection)
         else:
-            server = LocalLLMServer(port=settings.llm_local_port)
+            server = LocalLLMServer(settings.local_llm, port=settings.llm_local_port)
             # Both must finish before we leave, even when one fails: otherwise `finally`
             # would stop a server whose start is still under way, leaving it running.
             opened, started = await asyncio.gather(
@@ -68,7 +84,7 @@ async def open_assistant(
                 if isinstance(result, BaseException):
                     raise result
             services, base_url = opened, started  # type: ignore[assignment]
-            model = LOCAL_MODEL_NAME
+            model = server.name
         yield build_chain(services, base_url, model)
     finally:
         if server is not None:

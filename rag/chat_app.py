@@ -41,6 +41,10 @@ from rag.welcome import describe_search, load_starters, render_welcome, write_we
 log = logging.getLogger(__name__)
 ALL_SOURCES = "All documents"
 KEPT_TURNS = 12  # (question, answer) entries kept per session; the chain uses the last few
+TINY_NOTE = (
+    "\n\n_Answered by a tiny offline model: often wrong. Set RAG_LOCAL_LLM to a larger "
+    "bundled model, or RAG_LLM_BASE_URL to an endpoint, for better answers._"
+)
 
 _stack = AsyncExitStack()
 _assistant: Assistant | None = None
@@ -386,7 +390,7 @@ async def _message(message: cl.Message) -> None:
                 title = "Sources" if event.answered else "Closest passages"
                 reply.content = (
                     f"{event.text}\n\n**{title}**\n{listing}" if event.hits else event.text
-                )
+                ) + (TINY_NOTE if helper.tiny and event.answered else "")
                 reply.elements = elements  # type: ignore[assignment]
                 reply.metadata = {META_KEY: _answer_record(message.id, event)}
                 turns += [(message.id, "user", question), (message.id, "assistant", event.text)]

@@ -259,7 +259,7 @@ def ui(
     import os
     import subprocess
 
-    from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
+    from rag.local_llm import LocalLLMServer
     from rag.welcome import PROJECT_ROOT, prepare_app_root
 
     settings = settings_or_exit(collection=collection)
@@ -276,13 +276,13 @@ def ui(
     server: LocalLLMServer | None = None
     try:
         if not settings.llm_base_url:
-            console.print("starting the bundled local chat model…")
-            server = LocalLLMServer(port=settings.llm_local_port)
+            server = LocalLLMServer(settings.local_llm, port=settings.llm_local_port)
+            console.print(f"starting the bundled chat model {server.model.title}…")
             try:
                 env["RAG_LLM_BASE_URL"] = server.start()
             except RagError as error:
                 raise fail(error) from None
-            env["RAG_LLM_MODEL"] = LOCAL_MODEL_NAME
+            env["RAG_LLM_MODEL"] = server.name
         console.print(f"[bold green]chat UI:[/] http://{host}:{port}", highlight=False)
         target = str(PROJECT_ROOT / "rag" / "chat_app.py")
         command = [sys.executable, "-m", "chainlit", "run", target,

