@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from langchain_core.output_parsers import StrOutputParser
 
+from rag.answer_text import citations
 from rag.errors import ModelUnavailable, RagError, StoreUnavailable
 from rag.retrieval import Hit, SearchOptions, retrieve
 
@@ -61,9 +62,7 @@ class Answer:
     @property
     def cited(self) -> list[int]:
         # "[1]", "[1][2]" and "[1, 2]" all cite; numbers without a passage do not.
-        groups = re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", self.text)
-        numbers = {int(n) for group in groups for n in group.split(",")}
-        return sorted(n for n in numbers if 1 <= n <= len(self.hits))
+        return sorted(n for n in set(citations(self.text)) if 1 <= n <= len(self.hits))
 
     def to_dict(self) -> dict[str, object]:
         return {

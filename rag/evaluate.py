@@ -56,9 +56,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -66,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest import records
+from rag.answer_text import citations, contains, says_refusal
 from rag.errors import CollectionNotFound, RagError
 from rag.retrieval import RRF_K, Hit, SearchMode, SearchOptions, effective_mode, retrieve
 
@@ -231,40 +230,6 @@ def load_dataset(path: Path | str) -> Dataset:
 # Matching and metrics
 # --------------------------------------------------------------------------------------------
 
-NUMBER_WORDS = {
-    word: str(value)
-    for value, word in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen "  # noqa: SIM905
-        "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-
-
-def normalise(text: str) -> str:
-    """Canonical text for "does the answer contain the gold string" checks.
-
-    Case, accents, whitespace and punctuation are ignored; ``1,200`` / ``1 200`` become
-    ``1200``, ``€`` and ``euros`` become ``eur``, ``09:30`` matches ``9:30``, ``2.4kg``
-    matches ``2.4 kg`` and number words up to twenty become digits.
-    """
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
-    text = text.replace("€", " eur ").replace("’", "'")
-    text = re.sub(r"(?<=\d)[,\u202f\u00a0 ](?=\d{3}(?!\d))", "", text)  # thousands separators
-    text = re.sub(r"(?<=\d)\.(?=\d)", "<dot>", text)  # keep decimal points
-    text = re.sub(r"[^\w<>]+|_", " ", text).replace("<dot>", ".")
-    text = re.sub(r"(?<=\d)(?=[a-z])|(?<=[a-z])(?=\d)", " ", text)
-    words = [NUMBER_WORDS.get(w, w) for w in text.split()]
-    words = ["eur" if w in ("euro", "euros") else w for w in words]
-    words = [w.lstrip("0") or "0" if w.isdigit() else w for w in words]
-    return " ".join(words)
-
-
-def contains(haystack: str, needle: str) -> bool:
-    """Whole-word containment of normalised text: "40 nm" is not found in "140 nm"."""
-    gold = normalise(needle)
-    return bool(gold) and f" {gold} " in f" {normalise(haystack)} "
-
 
 def is_hit(hit: Hit, question: EvalQuestion) -> bool:
     """A retrieved chunk that holds the gold passage: same source, and page/quote if given."""
@@ -293,27 +258,9 @@ def ndcg(rank: int | None, depth: int = DEPTH) -> float:
     return 1.0 / math.log2(rank + 1) if rank is not None and rank <= depth else 0.0
 
 
-REFUSAL = re.compile(
-    r"\b(documents?|passages?|context) (do|does)(n'?t| not) (say|mention|cover|contain|answer)"
-    r"|\bi (do not|don'?t) know\b|\bi'?m not sure\b"
-    r"|\b(can|could)(n'?t|not| not) (find|answer|tell|determine)"
-    r"|\bno (information|mention|answer|details?) (about|on|of|regarding|for|in)\b"
-    r"|\bnot (mentioned|covered|stated|specified|found) in the (documents?|passages?)"
-    r"|\b(unable|not able) to (find|answer)",
-    re.IGNORECASE,
-)
-CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-
-
 def refuses(answer: Answer) -> bool:
     """The chain declined: nothing above the floor, or the model said it does not know."""
-    text = unicodedata.normalize("NFKC", answer.text).replace("’", "'")
-    return not answer.answered or bool(REFUSAL.search(text))
-
-
-def citations(text: str) -> list[int]:
-    """Every [n] number in an answer, valid or not ("[1][2]" and "[1, 2]" both count)."""
-    return [int(n) for group in CITATION.findall(text) for n in group.split(",")]
+    return not answer.answered or says_refusal(answer.text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from rag.evaluate import CITATION, REFUSAL, citations, normalise
+from rag.answer_text import CITATION, citations, normalise, says_refusal
 
 if TYPE_CHECKING:
     from rag.retrieval import Hit
@@ -495,9 +495,7 @@ def _unique(found: Sequence[Term]) -> list[Term]:
 def _is_refusal(text: str, found: Sequence[Term]) -> bool:
     """Says the documents do not answer, and carries no number or identifier of its own:
     "The documents don't say, but it is 5 kg [1]" is a claim and is checked as one."""
-    # As ``rag.evaluate.refuses`` reads the text before matching ``REFUSAL``.
-    plain = unicodedata.normalize("NFKC", text).replace("’", "'")
-    return bool(REFUSAL.search(plain)) and not any(t.kind in ("number", "id") for t in found)
+    return says_refusal(text) and not any(t.kind in ("number", "id") for t in found)
 
 
 def _where(checked: tuple[int, ...], cited: tuple[int, ...]) -> str:

@@ -18,6 +18,7 @@ from langchain_core.documents import Document
 from typer.testing import CliRunner
 
 import rag.services
+from rag.answer_text import citations, contains, normalise
 from rag.chain import Answer
 from rag.cli import app
 from rag.embeddings import LocalMiniLMEmbeddings
@@ -26,12 +27,9 @@ from rag.evaluate import (
     EvalConfig,
     EvalQuestion,
     QuestionResult,
-    citations,
-    contains,
     first_rank,
     load_dataset,
     ndcg,
-    normalise,
     recall_at,
     reciprocal_rank,
     refuses,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.pkgdocs import PACKAGES, build, file_name, long_description
-from rag.evaluate import Dataset, contains, load_dataset
+from rag.answer_text import contains
+from rag.evaluate import Dataset, load_dataset
 
 QUESTIONS = Path(__file__).resolve().parent / "data" / "pkgdocs_questions.jsonl"
 EVERY_FILE = "*"
