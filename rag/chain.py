@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING
 
 from langchain_core.output_parsers import StrOutputParser
 
+from rag.answer_policy import AnswerPolicy
 from rag.answer_text import citations
+from rag.context import trim
 from rag.errors import ModelUnavailable, RagError, StoreUnavailable
+from rag.extractive import extract
+from rag.grounding import DONT_SAY, check, passages_of, split_sentences
 from rag.retrieval import Hit, SearchOptions, retrieve
 
 if TYPE_CHECKING:
@@ -87,6 +91,13 @@ class Answer:
 Event = Condensed | Retrieved | Token | Answer
 
 
+@dataclass
+class _Verdict:
+    """Filled in by the grounding check while it streams: did an answer survive it?"""
+
+    answered: bool = True
+
+
 class AnswerInterrupted(ModelUnavailable):
     """The model stopped mid-answer; ``partial`` keeps what had arrived."""
 
@@ -105,16 +116,18 @@ def _inert(text: str) -> str:
     return _PASSAGE_HEADER.sub(r"\1(\2)", text.replace("</documents>", "</ documents>"))
 
 
-def format_context(hits: Sequence[Hit]) -> str:
+def format_context(hits: Sequence[Hit], texts: Sequence[str] | None = None) -> str:
     """Numbered passages, fenced so the model can tell data from instructions.
 
     Passages are data: their text (and their file name, which is text too and may hold
     a newline) is neutralised so that the numbers the model sees are exactly ours.
+    ``texts`` replaces the hits' own texts (trimmed passages, ``rag.context``).
     """
+    bodies = texts if texts is not None else [hit.document.page_content for hit in hits]
     blocks = []
-    for number, hit in enumerate(hits, 1):
+    for number, (hit, body) in enumerate(zip(hits, bodies, strict=True), 1):
         label = _inert(" ".join(hit.label().split()))
-        blocks.append(f"[{number}] (source: {label})\n{_inert(hit.document.page_content)}")
+        blocks.append(f"[{number}] (source: {label})\n{_inert(body)}")
     return "\n\n".join(blocks)
 
 
@@ -170,8 +183,10 @@ class RagChain:
         *,
         relevance_floor: float,
         llm_name: str = "the chat model",
+        policy: AnswerPolicy | None = None,
     ) -> None:
         self.store = store
+        self.policy = policy or AnswerPolicy()
         # Keys an endpoint might echo in an error: the chat model's and the embeddings'.
         self.secrets = tuple(
             key.get_secret_value()
@@ -227,14 +242,35 @@ class RagChain:
             yield Token(NOTHING_FOUND)
             yield Answer(question, standalone, NOTHING_FOUND, hits, answered=False)
             return
+        policy = self.policy
+        texts = [hit.document.page_content for hit in relevant_hits]
+        if policy.mode == "extract":
+            quote = extract(standalone, texts, policy.min_quote_score)
+            yield Token(quote or DONT_SAY)
+            yield Answer(question, standalone, quote or DONT_SAY, relevant_hits, quote is not None)
+            return
+        context = format_context(relevant_hits, trim(standalone, texts, policy.context_chars))
+        tokens = self._generate(context, standalone)
+        verdict = _Verdict()
+        if policy.check != "off":
+            tokens = self._checked(tokens, passages_of(relevant_hits), standalone, texts, verdict)
+        parts: list[str] = []
+        async for token in tokens:
+            parts.append(token)
+            yield Token(token)
+        text = "".join(parts).strip()
+        yield Answer(question, standalone, text, relevant_hits, verdict.answered)
+
+    async def _generate(self, context: str, standalone: str) -> AsyncIterator[str]:
+        """The model's answer as it streams; errors explained, a cut-off keeps its part."""
         parts: list[str] = []
         try:
             async for token in self.answer_chain.astream(
-                {"context": format_context(relevant_hits), "question": standalone}
+                {"context": context, "question": standalone}
             ):
                 if token:
                     parts.append(token)
-                    yield Token(token)
+                    yield token
         except Exception as error:
             message = describe_llm_error(error, self.llm_name, self.secrets)
             if parts:
@@ -244,7 +280,71 @@ class RagChain:
                     "".join(parts),
                 ) from error
             raise ModelUnavailable(message) from error
-        yield Answer(question, standalone, "".join(parts).strip(), relevant_hits)
+
+    async def _checked(
+        self,
+        tokens: AsyncIterator[str],
+        passages: list[str],
+        standalone: str,
+        texts: list[str],
+        verdict: _Verdict,
+    ) -> AsyncIterator[str]:
+        """The answer sentence by sentence, each shown only once the passages back it.
+
+        A reader never sees an invented sentence, even for a moment: the price is that text
+        arrives a sentence at a time. ``check="mark"`` drops an unsupported sentence and says
+        so at the end; ``"refuse"`` holds the whole answer and refuses if any sentence fails.
+        When nothing that says anything is left, the reply is the refusal, or with
+        ``mode="generate-or-extract"`` the best quote of the passages, if one is good enough.
+        """
+        policy = self.policy
+        streaming = policy.check == "mark"
+        pending = ""
+        shown: list[str] = []
+        held: list[str] = []  # the model's refusal or filler: shown only if nothing else is
+        dropped = 0
+
+        def take(text: str) -> list[str]:
+            nonlocal dropped
+            kept = []
+            for sentence in check(text, passages, policy.min_support).sentences:
+                if not sentence.supported:
+                    dropped += 1
+                elif sentence.content:
+                    kept.append(sentence.text)
+                else:
+                    held.append(sentence.text)
+            return kept
+
+        async for token in tokens:
+            pending += token
+            spans = split_sentences(pending)
+            # The last piece may still grow, and a citation may still follow a full stop.
+            if len(spans) < 2 or spans[-1].text.lstrip().startswith("["):
+                continue
+            complete, pending = pending[: spans[-1].start], pending[spans[-1].start :]
+            for text in take(complete):
+                if streaming:
+                    yield (" " if shown else "") + text
+                shown.append(text)
+        for text in take(pending) if pending.strip() else []:
+            if streaming:
+                yield (" " if shown else "") + text
+            shown.append(text)
+        if policy.check == "refuse" and dropped:
+            shown = []
+        if not shown:
+            quote = None
+            if policy.mode == "generate-or-extract":
+                quote = extract(standalone, texts, policy.min_quote_score)
+            verdict.answered = quote is not None
+            yield quote or (" ".join(held) if held and not dropped else DONT_SAY)
+            return
+        if not streaming:
+            yield " ".join(shown)
+        if dropped:
+            plural = "s" if dropped > 1 else ""
+            yield f"\n\n({dropped} sentence{plural} left out: not found in the passages)"
 
     async def ainvoke(
         self,

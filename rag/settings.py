@@ -15,7 +15,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.answer_policy import AnswerMode, AnswerPolicy, CheckMode
 from rag.errors import ConfigError
+from rag.extractive import DEFAULT_MIN_SCORE
+from rag.grounding import DEFAULT_MIN_SUPPORT
 from rag.local_models import DEFAULT_MODEL, MODELS
 
 ENV_PREFIX = "RAG_"
@@ -95,6 +98,29 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(512, gt=0)
     llm_timeout: float = Field(60.0, gt=0)
     llm_local_port: int = Field(0, ge=0, le=65535, description="Port of the bundled LLM; 0 = any.")
+    # --- answers (chosen with `rag eval --answers`; see the README's Quality section) ---
+    answer_mode: AnswerMode = Field(
+        "generate",
+        description="generate (the chat model), extract (quote the passages, no model) or "
+        "generate-or-extract (the quote when the check leaves nothing of the model's answer).",
+    )
+    answer_check: CheckMode = Field(
+        "mark",
+        description="Sentences the passages do not back: mark (left out, with a note), "
+        "refuse (the whole answer becomes a refusal) or off.",
+    )
+    answer_min_support: float = Field(
+        DEFAULT_MIN_SUPPORT,
+        ge=0,
+        le=1,
+        description="Share of a sentence's words its passages must hold.",
+    )
+    answer_min_quote_score: float = Field(
+        DEFAULT_MIN_SCORE, ge=0, description="Extractive answers: the best sentence's score floor."
+    )
+    context_chars: int = Field(
+        1500, ge=0, description="Characters of passages the model reads (0 = whole passages)."
+    )
     local_llm: str = Field(
         DEFAULT_MODEL,
         description="Bundled chat model used when RAG_LLM_BASE_URL is not set "
@@ -177,6 +203,16 @@ class Settings(BaseSettings):
                 f"RAG_CHUNK_SIZE ({self.chunk_size})"
             )
         return self
+
+    @property
+    def answer_policy(self) -> AnswerPolicy:
+        return AnswerPolicy(
+            mode=self.answer_mode,
+            check=self.answer_check,
+            min_support=self.answer_min_support,
+            min_quote_score=self.answer_min_quote_score,
+            context_chars=self.context_chars,
+        )
 
     @property
     def milvus_is_local(self) -> bool:

@@ -89,6 +89,11 @@ def chain_settings(milvus_uri: str, **overrides: object) -> Settings:
         "llm_temperature": 0.1,
         "llm_max_tokens": 512,
         "llm_timeout": 20.0,
+        # Whole passages, unchecked: what these tests read in the prompt and the reply
+        # (the answer policy has tests of its own below).
+        "answer_mode": "generate",
+        "answer_check": "off",
+        "context_chars": 0,
     }
     values.update(overrides)
     return load_settings(**values)
@@ -627,3 +632,105 @@ def test_a_search_error_never_shows_the_embedding_key() -> None:
     chain = RagChain(Store(), ChatOpenAI(api_key="sk-chat-654321", base_url="http://127.0.0.1:9/v1"),
                      load_prompts(), relevance_floor=0.3)  # fmt: skip
     assert set(chain.secrets) == {"sk-embed-123456", "sk-chat-654321"}
+
+
+# --------------------------------------------------------------------------------------------
+# The answer policy: grounding check, extractive answers, trimmed passages
+# --------------------------------------------------------------------------------------------
+
+PHONE_QUESTION = "What is the phone extension of the IT Helpdesk?"
+
+
+def policy_chain(services: Services, base_url: str, **policy: object) -> RagChain:
+    settings = services.settings.model_copy(update=policy)
+    return build_chain(replace_settings(services, settings), base_url=base_url, model="fake").chain
+
+
+def replace_settings(services: Services, settings: Settings) -> Services:
+    from dataclasses import replace
+
+    return replace(services, settings=settings)
+
+
+def grounded_reply(messages: list[dict[str, Any]]) -> str:
+    """A true sentence quoted from passage [1], then an invented one."""
+    true = default_reply(messages)
+    return f"{true} The helpdesk is staffed by 42 robots named Zorblax [1]."
+
+
+@SESSION_LOOP
+async def test_check_mark_drops_the_invented_sentence_and_says_so(
+    services: Services, fake_llm: FakeServer
+) -> None:
+    fake_llm.fake.config.chat_reply = grounded_reply
+    chain = policy_chain(services, fake_llm.base_url, answer_check="mark")
+    events = await collect(chain, PHONE_QUESTION)
+    answer = final_answer(events)
+    shown = "".join(t.text for t in only(events, Token))
+    assert "Zorblax" not in shown and "42" not in shown, "an invented sentence was streamed"
+    assert answer.answered and "[1]" in answer.text
+    assert "1 sentence left out" in answer.text
+    assert answer.text == shown.strip()
+
+
+@SESSION_LOOP
+async def test_check_refuse_turns_a_partly_invented_answer_into_a_refusal(
+    services: Services, fake_llm: FakeServer
+) -> None:
+    fake_llm.fake.config.chat_reply = grounded_reply
+    chain = policy_chain(services, fake_llm.base_url, answer_check="refuse")
+    answer = final_answer(await collect(chain, PHONE_QUESTION))
+    assert answer.text == "The documents don't say." and not answer.answered
+
+
+@SESSION_LOOP
+async def test_check_off_shows_the_model_as_it_wrote(
+    services: Services, fake_llm: FakeServer
+) -> None:
+    fake_llm.fake.config.chat_reply = grounded_reply
+    chain = policy_chain(services, fake_llm.base_url, answer_check="off")
+    answer = final_answer(await collect(chain, PHONE_QUESTION))
+    assert "Zorblax" in answer.text
+
+
+@SESSION_LOOP
+async def test_an_all_invented_answer_falls_back_to_a_quote_of_the_passages(
+    services: Services, fake_llm: FakeServer
+) -> None:
+    fake_llm.fake.config.chat_reply = "You can reach them on extension 9999 [1]."
+    refusing = policy_chain(services, fake_llm.base_url, answer_check="mark")
+    refused = final_answer(await collect(refusing, PHONE_QUESTION))
+    assert refused.text == "The documents don't say." and not refused.answered
+    quoting = policy_chain(
+        services, fake_llm.base_url, answer_check="mark", answer_mode="generate-or-extract"
+    )
+    quoted = final_answer(await collect(quoting, PHONE_QUESTION))
+    assert quoted.answered and "2100" in quoted.text and re.search(r"\[\d\]", quoted.text)
+    assert "9999" not in quoted.text
+
+
+@SESSION_LOOP
+async def test_extract_mode_answers_without_calling_the_model(
+    services: Services, fake_llm: FakeServer
+) -> None:
+    chain = policy_chain(services, fake_llm.base_url, answer_mode="extract")
+    answer = final_answer(await collect(chain, PHONE_QUESTION))
+    assert "2100" in answer.text and answer.cited
+    assert fake_llm.fake.chat_requests() == [], "extract mode must not ask the model"
+
+
+@SESSION_LOOP
+async def test_trimmed_passages_keep_the_fact_and_the_numbering(
+    services: Services, fake_llm: FakeServer
+) -> None:
+    whole = policy_chain(services, fake_llm.base_url, context_chars=0)
+    trimmed = policy_chain(services, fake_llm.base_url, context_chars=600)
+    await collect(whole, PHONE_QUESTION)
+    await collect(trimmed, PHONE_QUESTION)
+    long_prompt, short_prompt = (
+        message_text(body["messages"][-1]) for body in fake_llm.fake.chat_requests()
+    )
+    assert len(short_prompt) < len(long_prompt) / 2
+    assert "2100" in short_prompt
+    numbers = re.findall(r"^\[(\d+)\] \(source:", short_prompt, re.MULTILINE)
+    assert numbers == re.findall(r"^\[(\d+)\] \(source:", long_prompt, re.MULTILINE)

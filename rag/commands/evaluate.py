@@ -97,6 +97,8 @@ def evaluate(
         if done == total or done % 10 == 0:
             console.print(f"  {name}: {done}/{total}", highlight=False)
 
+    answered_by: list[str] = []
+
     async def go() -> list[Summary]:
         if answers:
             from rag.assistant import open_assistant
@@ -104,6 +106,7 @@ def evaluate(
             async with open_assistant(settings) as assistant:
                 await require_documents(assistant.services.store)
                 console.print(f"answers from {assistant.llm_label}", highlight=False)
+                answered_by.append(assistant.llm_label)
                 return [
                     await evaluate_answers(assistant.chain, gold, config, progress)
                     for config in configs
@@ -125,6 +128,13 @@ def evaluate(
         "relevance_floor": settings.relevance_floor,
         "embedding": settings.embedding_model or settings.embedding_provider,
     }
+    if answered_by:
+        policy = settings.answer_policy
+        context["llm"] = answered_by[0]
+        context["answers"] = (
+            f"mode={policy.mode} check={policy.check} min_support={policy.min_support} "
+            f"min_quote_score={policy.min_quote_score} context_chars={policy.context_chars}"
+        )
     columns, rows = headline(summaries)
     first = summaries[0]
     table = Table(
