@@ -20,7 +20,7 @@ from rag.answer_text import citations
 from rag.context import trim
 from rag.errors import ModelUnavailable, RagError, StoreUnavailable
 from rag.extractive import extract
-from rag.grounding import DONT_SAY, check, passages_of, split_sentences
+from rag.grounding import DONT_SAY, check, left_out_note, passages_of, split_sentences
 from rag.retrieval import Hit, SearchOptions, retrieve
 
 if TYPE_CHECKING:
@@ -311,7 +311,7 @@ class RagChain:
                 if not sentence.supported:
                     dropped += 1
                 elif sentence.content:
-                    kept.append(sentence.text)
+                    kept.append(sentence.shown)
                 else:
                     held.append(sentence.text)
             return kept
@@ -343,8 +343,7 @@ class RagChain:
         if not streaming:
             yield " ".join(shown)
         if dropped:
-            plural = "s" if dropped > 1 else ""
-            yield f"\n\n({dropped} sentence{plural} left out: not found in the passages)"
+            yield "\n\n" + left_out_note(dropped)
 
     async def ainvoke(
         self,

@@ -355,6 +355,19 @@ class SentenceCheck:
     supported: bool
     refusal: bool
     reason: str
+    recite: tuple[int, ...] = ()  # backed, but by these passages, not the ones it cites
+
+    @property
+    def shown(self) -> str:
+        """The sentence as it should be shown: its citations put right where ``recite`` says."""
+        if not self.recite:
+            return self.text
+        marks = "".join(f"[{n}]" for n in self.recite)
+        first = CITATION.search(self.text)
+        if first is None:  # pragma: no cover - recite is only set for a sentence that cites
+            return self.text
+        rest = CITATION.sub("", self.text[first.end() :])
+        return f"{self.text[: first.start()]}{marks}{rest}"
 
     @property
     def content(self) -> bool:
@@ -452,12 +465,14 @@ def _check_sentence(
             refusal=True,
             reason="a refusal",
         )
-    pool = [passages[n - 1] for n in checked]
-    missing = [t for t in unique if not any(p.has(t) for p in pool)]
-    missing_facts = [t for t in missing if t.kind in FACTS]
-    support = 1 - len(missing) / len(unique) if unique else 1.0
+    missing, missing_facts, support = _support(unique, [passages[n - 1] for n in checked])
+    recite: tuple[int, ...] = ()
+    if valid and not wrong and (missing_facts or support < min_support):
+        recite = _better_citation(unique, passages, min_support)
     where = _where(checked, cited)
-    if wrong:
+    if recite:
+        reason = f"cites {where}, but its words are in {_where(recite, recite)}"
+    elif wrong:
         reason = f"cites [{', '.join(map(str, wrong))}], but there are {len(passages)} passages"
     elif missing_facts:
         shown = ", ".join(f"'{t.text}'" for t in missing_facts)
@@ -477,10 +492,43 @@ def _check_sentence(
         facts=tuple(t.text for t in facts),
         missing_facts=tuple(t.text for t in missing_facts),
         support=support,
-        supported=not wrong and not missing_facts and support >= min_support,
+        supported=bool(recite) or (not wrong and not missing_facts and support >= min_support),
         refusal=False,
         reason=reason,
+        recite=recite,
     )
+
+
+def _support(
+    unique: Sequence[Term], pool: Sequence[_Passage]
+) -> tuple[list[Term], list[Term], float]:
+    """The terms none of ``pool`` holds, the facts among them, and the share found."""
+    missing = [t for t in unique if not any(p.has(t) for p in pool)]
+    support = 1 - len(missing) / len(unique) if unique else 1.0
+    return missing, [t for t in missing if t.kind in FACTS], support
+
+
+def _better_citation(
+    unique: Sequence[Term], passages: Sequence[_Passage], min_support: float
+) -> tuple[int, ...]:
+    """The passages that do back a sentence that cites the wrong one, or () if none do.
+
+    Small models often copy the right fact and cite the passage next to it ("2.4 kg [3]"
+    when [1] says it). The fact is not invented, so the sentence is kept and its citation
+    put right, rather than dropped: the reader gets the fact and the passage that holds it.
+    One passage that backs it alone is preferred; else the fewest that do together.
+    """
+    for number, passage in enumerate(passages, 1):
+        _, facts, support = _support(unique, [passage])
+        if not facts and support >= min_support:
+            return (number,)
+    _, facts, support = _support(unique, passages)
+    if facts or support < min_support:
+        return ()
+    needed = {
+        next(n for n, p in enumerate(passages, 1) if p.has(t)) for t in unique if t.kind in FACTS
+    }
+    return tuple(sorted(needed)) or tuple(range(1, len(passages) + 1))
 
 
 def _unique(found: Sequence[Term]) -> list[Term]:
@@ -541,7 +589,7 @@ def enforce(
     if not grounding.answered:
         text = answer_text.strip() if grounding.refusal and not dropped else DONT_SAY
         return Enforced(text, False, dropped, grounding)
-    if not dropped:
+    if not dropped and not any(sentence.recite for sentence in grounding.sentences):
         return Enforced(answer_text.strip(), True, 0, grounding)
     kept = [
         (span, sentence)
@@ -552,13 +600,19 @@ def enforce(
         return Enforced(DONT_SAY, False, dropped, grounding)
     parts: list[str] = []
     previous: Span | None = None
-    for span, _ in kept:
+    for span, sentence in kept:
         if previous is not None:
             parts.append("\n" if "\n" in answer_text[previous.end : span.start] else " ")
-        parts.append(span.text)
+        parts.append(sentence.shown)
         previous = span
-    note = f"({dropped} sentence{'s' if dropped > 1 else ''} left out: not found in the passages)"
-    return Enforced("".join(parts) + "\n\n" + note, True, dropped, grounding)
+    if not dropped:
+        return Enforced("".join(parts), True, 0, grounding)
+    return Enforced("".join(parts) + "\n\n" + left_out_note(dropped), True, dropped, grounding)
+
+
+def left_out_note(dropped: int) -> str:
+    """What the reader is told when sentences were taken out of an answer."""
+    return f"({dropped} sentence{'s' if dropped > 1 else ''} left out: not found in the passages)"
 
 
 def passages_of(hits: Sequence[Hit]) -> list[str]:

@@ -130,14 +130,29 @@ def test_number_formats_do_not_match_other_numbers() -> None:
     assert not check("Hotels in Zurich may cost up to EUR 120 per week [5].", PASSAGES).supported
 
 
-def test_citing_the_wrong_passage_is_caught() -> None:
-    # Every word is in [3], none of the facts in [1].
+def test_citing_the_wrong_passage_is_caught_and_put_right() -> None:
+    # Every word is in [3], none of the facts in [1]: the fact is real, the citation wrong.
     answer = "The Heron QH-640 has a list price of EUR 34,500"
     assert check(f"{answer} [3].", PASSAGES).supported
     wrong = check(f"{answer} [1].", PASSAGES)
-    assert not wrong.supported
-    assert wrong.sentences[0].checked == (1,)
-    assert "QH-640" in wrong.sentences[0].missing_facts
+    [sentence] = wrong.sentences
+    assert sentence.checked == (1,) and sentence.recite == (3,)
+    assert "[1]" in sentence.reason and "[3]" in sentence.reason
+    assert sentence.shown == f"{answer} [3]."
+    shown = enforce(f"{answer} [1].", PASSAGES)
+    assert shown.text == f"{answer} [3]." and shown.answered and shown.left_out == 0
+
+
+def test_a_fact_no_passage_holds_is_not_put_right_but_dropped() -> None:
+    wrong = check("The Heron QH-640 has a list price of EUR 36,000 [1].", PASSAGES)
+    assert not wrong.supported and wrong.sentences[0].recite == ()
+
+
+def test_facts_from_two_passages_are_cited_to_both() -> None:
+    answer = "Claims above EUR 5,000 need the CFO, and E-342 means a motor stall [4]."
+    [sentence] = check(answer, PASSAGES).sentences
+    assert sentence.supported and sentence.recite == (1, 2)
+    assert sentence.shown.endswith("motor stall [1][2].")
 
 
 def test_an_uncited_sentence_is_checked_against_all_passages() -> None:
