@@ -1,11 +1,11 @@
 """Choosing the grounding check's threshold from gold answers, without re-asking the model.
 
-`rag eval --answers` with ``RAG_ANSWER_CHECK=off`` records what the model wrote for every
-gold question. This script retrieves the same passages again (retrieval is deterministic)
-and applies the check to those answers at several thresholds, in both modes, side by side
-in one run, together with the extractive quote as a fallback: what each choice would have
-done to correctness, refusals of unanswerable questions and false refusals. Generating is
-the slow part on a CPU; this makes the threshold a free choice from the data.
+`rag eval --answers` records what the model wrote for every gold question (``draft``,
+when the check changed it). This script retrieves the same passages again (retrieval is
+deterministic) and applies the check to those answers at several thresholds, in both
+modes, side by side in one run, with the extractive quote as a fallback: what each choice
+would have done to correctness, refusals of unanswerable questions and false refusals.
+Generating is the slow part on a CPU; this makes the threshold a free choice from data.
 
     python -m bench.grounding EVAL_JSON DATASET [--collection NAME]
 """
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = asyncio.run(replay(report, args.dataset, args.collection))
     variants: dict[str, list[dict[str, Any]]] = {}
     for question, result, hits in rows:
-        for name, (shown, answered) in choices(question.question, result["answer"], hits).items():
+        written = result.get("draft") or result["answer"]
+        for name, (shown, answered) in choices(question.question, written, hits).items():
             outcomes = variants.setdefault(name, [])
             outcomes.append(outcome(shown, answered, list(question.answers), question.unanswerable))
     table = []
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         ["variant", "correct", "refused-ok", "false-refusal"],
         table,
         quick=False,
-        notes=[f"Answers recorded by `rag eval --answers` with the check off. {model}".strip()],
+        notes=[f"Answers as the model wrote them (`rag eval --answers`). {model}".strip()],
     )
     return 0
 

@@ -47,7 +47,8 @@ def describe_model(model: str, where: str) -> str:
 def build_chain(services: Services, base_url: str | None, model: str) -> Assistant:
     settings = services.settings.model_copy(update={"llm_model": model})
     bundled = MODELS.get(model)
-    llm = build_chat_model(settings, base_url=base_url, tiny=bool(bundled and bundled.tiny))
+    tiny = bool(bundled and bundled.tiny)
+    llm = build_chat_model(settings, base_url=base_url, bundled=bundled is not None, tiny=tiny)
     where = base_url or "the OpenAI API"
     chain = RagChain(
         services.store,
@@ -57,7 +58,6 @@ def build_chain(services: Services, base_url: str | None, model: str) -> Assista
         llm_name=where,
         policy=settings.answer_policy,
     )
-    tiny = bundled is not None and bundled.tiny
     return Assistant(chain, services, describe_model(model, where), tiny)
 
 

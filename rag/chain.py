@@ -62,6 +62,7 @@ class Answer:
     text: str
     hits: list[Hit] = field(default_factory=list)
     answered: bool = True
+    draft: str | None = None  # the model's text before the grounding check changed it
 
     @property
     def cited(self) -> list[int]:
@@ -93,9 +94,11 @@ Event = Condensed | Retrieved | Token | Answer
 
 @dataclass
 class _Verdict:
-    """Filled in by the grounding check while it streams: did an answer survive it?"""
+    """Filled in by the grounding check while it streams: did an answer survive it, and
+    what had the model written (for `rag eval`, which scores both)?"""
 
     answered: bool = True
+    draft: str | None = None
 
 
 class AnswerInterrupted(ModelUnavailable):
@@ -259,7 +262,7 @@ class RagChain:
             parts.append(token)
             yield Token(token)
         text = "".join(parts).strip()
-        yield Answer(question, standalone, text, relevant_hits, verdict.answered)
+        yield Answer(question, standalone, text, relevant_hits, verdict.answered, verdict.draft)
 
     async def _generate(self, context: str, standalone: str) -> AsyncIterator[str]:
         """The model's answer as it streams; errors explained, a cut-off keeps its part."""
@@ -316,7 +319,10 @@ class RagChain:
                     held.append(sentence.text)
             return kept
 
+        written: list[str] = []
         async for token in tokens:
+            written.append(token)
+            verdict.draft = "".join(written)
             pending += token
             spans = split_sentences(pending)
             # The last piece may still grow, and a citation may still follow a full stop.

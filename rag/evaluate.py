@@ -331,6 +331,7 @@ class QuestionResult:
     seconds: float
     # Filled in with --answers only.
     answer: str | None = None
+    draft: str | None = None  # what the model wrote, when the grounding check changed it
     refused_answer: bool | None = None
     answer_correct: bool | None = None
     citations_valid: bool | None = None
@@ -566,6 +567,7 @@ def _scored(
 def _score_answer(result: QuestionResult, question: EvalQuestion, answer: Answer) -> None:
     numbers = citations(answer.text)
     result.answer = answer.text
+    result.draft = answer.draft if answer.draft != answer.text else None
     result.refused_answer = refuses(answer)
     result.citations_valid = all(1 <= n <= len(answer.hits) for n in numbers)
     result.cited = bool(numbers)

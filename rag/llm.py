@@ -10,26 +10,39 @@ if TYPE_CHECKING:
     from rag.settings import Settings
 
 
+BUNDLED_MAX_TOKENS = 200  # one or two cited sentences; a CPU writes ~20 tokens/s
+
+
 def build_chat_model(
-    settings: Settings, base_url: str | None = None, *, tiny: bool = False
+    settings: Settings,
+    base_url: str | None = None,
+    *,
+    bundled: bool = False,
+    tiny: bool = False,
 ) -> ChatOpenAI:
     """A streaming ChatOpenAI for the configured endpoint (or ``base_url``, e.g. the local one).
 
     Retries stay low: the openai client already honours Retry-After on 429s, and a
     person waiting in the chat is better served by a clear error than by a minute
-    of silent retries. ``tiny`` is for the bundled 135M model, which loops on its own
-    words unless penalised for repeating them and kept short.
+    of silent retries. ``bundled`` models run on this machine's CPU, so their answers are
+    capped (a rambling answer holds up every chat queued behind it); ``tiny`` is for the
+    135M model, which loops on its own words unless penalised for repeating them.
     """
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "not-needed"
+    cap = min(settings.llm_max_tokens, 160 if tiny else BUNDLED_MAX_TOKENS)
+    local = bundled or tiny
+    # langchain-openai sends max_completion_tokens, which llama.cpp's server ignores.
+    extra: dict[str, object] | None = {"max_tokens": cap} if local else None
+    if tiny:
+        extra = {"max_tokens": cap, "repeat_penalty": 1.3}
     return ChatOpenAI(
         model=settings.llm_model,
         base_url=base_url or settings.llm_base_url,
         api_key=key,  # type: ignore[arg-type]
         temperature=settings.llm_temperature,
-        max_tokens=min(settings.llm_max_tokens, 160) if tiny else settings.llm_max_tokens,  # type: ignore[call-arg]
+        max_tokens=cap if local else settings.llm_max_tokens,  # type: ignore[call-arg]
         frequency_penalty=0.8 if tiny else None,
-        # langchain-openai sends max_completion_tokens, which llama.cpp's server ignores.
-        extra_body={"max_tokens": 160, "repeat_penalty": 1.3} if tiny else None,
+        extra_body=extra,
         timeout=settings.llm_timeout,
         max_retries=2,
         streaming=True,

@@ -84,6 +84,9 @@ async def local(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Local
         llm_temperature=0.1,
         llm_max_tokens=512,
         llm_timeout=60.0,
+        # The model's own tokens, as it streams them (the check has tests of its own).
+        answer_check="off",
+        context_chars=0,
     )
     server = LocalLLMServer(TEST_MODEL)
 
@@ -286,3 +289,31 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.timeout(300)
+async def test_eval_answers_smoke_with_the_smallest_model(
+    local: LocalSetup, tmp_path: Path
+) -> None:
+    """`rag eval --answers` end to end on the real bundled server: every figure is filled in,
+    the waits included (the numbers themselves are the tiny model's, not asserted)."""
+    from rag.evaluate import EvalConfig, evaluate_answers, load_dataset
+
+    questions = tmp_path / "smoke.jsonl"
+    questions.write_text(
+        '{"question": "What is the phone extension of the IT Helpdesk?", '
+        '"source": "it_helpdesk_guide.txt", "answer": "2100"}\n'
+        '{"question": "Who won the 2018 football world cup?", "unanswerable": true}\n',
+        "utf-8",
+    )
+    assistant = build_chain(local.services, base_url=local.base_url, model=TEST_MODEL)
+    summary = await evaluate_answers(
+        assistant.chain, load_dataset(questions), EvalConfig(mode="dense", k=2)
+    )
+    answers = summary.answers or {}
+    assert summary.questions == 2 and all(r.answer for r in summary.results)
+    for key in ("correct", "refused-ok", "false-refusal", "ttft-p50", "ttft-p95", "tokens/s"):
+        assert answers.get(key) is not None, (key, answers)
+    asked = [r for r in summary.results if r.first_token is not None]
+    assert asked and all(0 < r.first_token < r.seconds for r in asked)
