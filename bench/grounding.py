@@ -74,7 +74,7 @@ def choices(question: str, text: str | None, hits: list[Hit]) -> dict[str, tuple
     }
     for threshold in THRESHOLDS:
         for mode in ("mark", "refuse"):
-            checked = enforce(text or "", passages, threshold, mode)  # type: ignore[arg-type]
+            checked = enforce(text or "", passages, threshold, mode, question)  # type: ignore[arg-type]
             verdict = (checked.text, checked.answered and bool(hits))
             shown[f"check {mode} ≥ {threshold}"] = verdict
             fallback = (quote, True) if not verdict[1] and quote is not None else verdict

@@ -310,7 +310,7 @@ class RagChain:
         def take(text: str) -> list[str]:
             nonlocal dropped
             kept = []
-            for sentence in check(text, passages, policy.min_support).sentences:
+            for sentence in check(text, passages, policy.min_support, standalone).sentences:
                 if not sentence.supported:
                     dropped += 1
                 elif sentence.content:

@@ -424,26 +424,38 @@ class _Passage:
 
 
 def check(
-    answer_text: str, passages: Sequence[str], min_support: float = DEFAULT_MIN_SUPPORT
+    answer_text: str,
+    passages: Sequence[str],
+    min_support: float = DEFAULT_MIN_SUPPORT,
+    question: str = "",
 ) -> Grounding:
     """Check each sentence of an answer against the numbered passages ([1] = ``passages[0]``).
 
     Pure Python, a few milliseconds for four passages: fine to call on the event loop. See
-    the module docstring for what counts as supported.
+    the module docstring for what counts as supported. The ``question``'s numbers count as
+    given: "A claim of EUR 1,200 needs the department head [1]" restates the question's
+    amount under a rule for "above EUR 500"; names and identifiers of the question are not
+    given, or "The Albatross carries 2.4 kg [1]" would pass on a passage about the Wren.
     """
     indexed = [_Passage.of(p) for p in passages]
+    asked = " ".join(t.text for t in terms(question) if t.kind == "number")
+    given = _Passage.of(asked) if asked else None
     sentences: list[SentenceCheck] = []
     for span in split_sentences(answer_text):
         # After a refusal, advice with no citation and no fact of its own ("Try asking HR
         # about it.", or NOTHING_FOUND's "The closest passages are listed below") is part of
         # the refusal, not a claim about the documents.
         refusing = bool(sentences) and sentences[-1].refusal
-        sentences.append(_check_sentence(span.text, indexed, min_support, refusing))
+        sentences.append(_check_sentence(span.text, indexed, min_support, refusing, given))
     return Grounding(answer_text, tuple(sentences), min_support)
 
 
 def _check_sentence(
-    text: str, passages: list[_Passage], min_support: float, refusing: bool = False
+    text: str,
+    passages: list[_Passage],
+    min_support: float,
+    refusing: bool = False,
+    given: _Passage | None = None,
 ) -> SentenceCheck:
     cited = tuple(dict.fromkeys(citations(text)))
     wrong = [n for n in cited if not 1 <= n <= len(passages)]
@@ -465,10 +477,10 @@ def _check_sentence(
             refusal=True,
             reason="a refusal",
         )
-    missing, missing_facts, support = _support(unique, [passages[n - 1] for n in checked])
+    missing, missing_facts, support = _support(unique, [passages[n - 1] for n in checked], given)
     recite: tuple[int, ...] = ()
     if valid and not wrong and (missing_facts or support < min_support):
-        recite = _better_citation(unique, passages, min_support)
+        recite = _better_citation(unique, passages, min_support, given)
     where = _where(checked, cited)
     if recite:
         reason = f"cites {where}, but its words are in {_where(recite, recite)}"
@@ -500,16 +512,21 @@ def _check_sentence(
 
 
 def _support(
-    unique: Sequence[Term], pool: Sequence[_Passage]
+    unique: Sequence[Term], pool: Sequence[_Passage], given: _Passage | None = None
 ) -> tuple[list[Term], list[Term], float]:
-    """The terms none of ``pool`` holds, the facts among them, and the share found."""
+    """The terms none of ``pool`` holds (nor ``given``, the question's numbers), the facts
+    among them, and the share found."""
+    pool = [*pool, given] if given is not None else pool
     missing = [t for t in unique if not any(p.has(t) for p in pool)]
     support = 1 - len(missing) / len(unique) if unique else 1.0
     return missing, [t for t in missing if t.kind in FACTS], support
 
 
 def _better_citation(
-    unique: Sequence[Term], passages: Sequence[_Passage], min_support: float
+    unique: Sequence[Term],
+    passages: Sequence[_Passage],
+    min_support: float,
+    given: _Passage | None = None,
 ) -> tuple[int, ...]:
     """The passages that do back a sentence that cites the wrong one, or () if none do.
 
@@ -519,10 +536,10 @@ def _better_citation(
     One passage that backs it alone is preferred; else the fewest that do together.
     """
     for number, passage in enumerate(passages, 1):
-        _, facts, support = _support(unique, [passage])
+        _, facts, support = _support(unique, [passage], given)
         if not facts and support >= min_support:
             return (number,)
-    _, facts, support = _support(unique, passages)
+    _, facts, support = _support(unique, passages, given)
     if facts or support < min_support:
         return ()
     needed = {
@@ -574,6 +591,7 @@ def enforce(
     passages: Sequence[str],
     min_support: float = DEFAULT_MIN_SUPPORT,
     mode: Mode = "mark",
+    question: str = "",
 ) -> Enforced:
     """The answer with what its passages do not back taken out.
 
@@ -584,7 +602,7 @@ def enforce(
     """
     if mode not in ("refuse", "mark"):
         raise ValueError(f"mode must be 'refuse' or 'mark', got {mode!r}")
-    grounding = check(answer_text, passages, min_support)
+    grounding = check(answer_text, passages, min_support, question)
     dropped = len(grounding.unsupported)
     if not grounding.answered:
         text = answer_text.strip() if grounding.refusal and not dropped else DONT_SAY

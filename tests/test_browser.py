@@ -152,7 +152,7 @@ def login_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
 
 @pytest.fixture(scope="module")
 def local_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
-    """A UI answering with the bundled SmolLM2 model, started by `rag ui` itself."""
+    """A UI answering with the default bundled model, started by `rag ui` itself."""
     if LLM_MISSING:
         pytest.skip(f"bundled local LLM not installed (missing {', '.join(LLM_MISSING)})")
     root = tmp_path_factory.mktemp("browser_local")
@@ -580,4 +580,4 @@ def test_starter_is_answered_by_the_bundled_local_model(
     assert retrieved(page, 1) == ["expenses.txt"]
     # the bundled model answered, not the fake endpoint (which only served the embeddings)
     assert local_app.fake.chat_requests() == []
-    assert "starting the bundled local chat model" in local_app.log.read_text(encoding="utf-8")
+    assert "starting the bundled chat model" in local_app.log.read_text(encoding="utf-8")

@@ -270,3 +270,14 @@ def test_passages_of_hits_include_the_source_label() -> None:
 def test_an_unknown_mode_is_an_error() -> None:
     with pytest.raises(ValueError, match="refuse"):
         enforce(DONT_SAY, PASSAGES, mode="drop")  # type: ignore[arg-type]
+
+
+def test_the_questions_numbers_are_given_but_not_its_names() -> None:
+    question = "Who approves an expense claim of EUR 1,300?"
+    answer = "A claim of EUR 1,300 is approved by your line manager and Ilse Brouwer [1]."
+    assert not check(answer, PASSAGES).supported  # 1,300 is in no passage
+    assert check(answer, PASSAGES, question=question).supported
+    # A name from the question is not evidence: the passage must hold it.
+    invented = "The Albatross is approved by your line manager and Ilse Brouwer [1]."
+    asked = "Who approves the Albatross?"
+    assert not check(invented, PASSAGES, question=asked).supported
