@@ -704,9 +704,14 @@ def write_reports(
     return json_path, md_path
 
 
-def subset(dataset: Dataset, limit: int | None = None, tags: Sequence[str] = ()) -> Dataset:
-    """The questions with any of ``tags`` (all when none), at most ``limit`` of them."""
+def subset(
+    dataset: Dataset, limit: int | None = None, tags: Sequence[str] = (), every: int = 1
+) -> Dataset:
+    """The questions with any of ``tags`` (all when none), every ``every``-th of them (a
+    sample spread over the whole file, answerable and unanswerable alike, for models too
+    slow to answer all), at most ``limit`` of them."""
     chosen = [q for q in dataset.questions if not tags or set(tags) & set(q.tags)]
+    chosen = chosen[:: max(1, every)]
     if limit is not None:
         chosen = chosen[:limit]
     if not chosen:

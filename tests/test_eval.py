@@ -33,6 +33,7 @@ from rag.evaluate import (
     recall_at,
     reciprocal_rank,
     refuses,
+    subset,
     summarise,
 )
 from rag.retrieval import Hit
@@ -218,6 +219,15 @@ def run_eval(*args: str) -> Any:
     result = CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     return result
+
+
+def test_every_nth_question_spreads_the_sample_over_the_whole_file() -> None:
+    dataset = load_dataset(QUESTIONS_FILE)
+    sample = subset(dataset, every=4)
+    assert [q.line for q in sample.questions] == [q.line for q in dataset.questions][::4]
+    assert any(q.unanswerable for q in sample.questions)
+    assert any(not q.unanswerable for q in sample.questions)
+    assert len(subset(dataset, limit=3, every=4).questions) == 3
 
 
 def test_rag_eval_reports_recall_above_the_floor(eval_env: Path, tmp_path: Path) -> None:

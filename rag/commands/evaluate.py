@@ -61,6 +61,10 @@ def evaluate(
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", min=1, help="Only the first N questions.")
     ] = None,
+    every: Annotated[
+        int,
+        typer.Option("--every", min=1, help="Only every Nth question: a spread-out sample."),
+    ] = 1,
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Folder for eval_<dataset>.json and eval_<dataset>.md."),
@@ -84,7 +88,7 @@ def evaluate(
 
     settings = settings_or_exit(collection=collection)
     try:
-        gold = subset(load_dataset(dataset), limit, tag or ())
+        gold = subset(load_dataset(dataset), limit, tag or (), every)
     except DatasetError as error:
         raise fail(error) from None
     modes = [m.value for m in mode] if mode else [settings.search_mode]
