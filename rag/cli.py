@@ -334,5 +334,3 @@ def doctor(collection: CollectionOption = None) -> None:
 # Commands that live in their own modules register themselves on `app` when imported.
 from rag.commands import collections, evaluate, feedback  # noqa: E402, F401
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

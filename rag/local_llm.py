@@ -146,8 +146,11 @@ class LocalLLMServer:
             if self._answers():
                 return self.base_url
             time.sleep(0.2)
+        tail = self._tail()
         self.stop()
-        raise ModelUnavailable(f"the local chat model did not start within {timeout:.0f} s")
+        raise ModelUnavailable(
+            f"the local chat model did not start within {timeout:.0f} s (its last words: {tail})"
+        )
 
     def _answers(self) -> bool:
         try:
