@@ -78,6 +78,7 @@ DEPTH = 10  # every ranking metric looks at the top 10
 RECALL_AT = (1, 3, 5, 8, 10)
 KNOWN_KEYS = {"question", "source", "page", "quote", "answer", "unanswerable", "tags", "history"}
 ROLES = {"user", "assistant"}
+MAX_FAILURES_IN_A_ROW = 3  # then the model is down, not slow: `rag eval --answers` stops
 
 
 class DatasetError(RagError):
@@ -332,6 +333,7 @@ class QuestionResult:
     # Filled in with --answers only.
     answer: str | None = None
     draft: str | None = None  # what the model wrote, when the grounding check changed it
+    error: str | None = None  # the model failed on this question (counted as wrong)
     refused_answer: bool | None = None
     answer_correct: bool | None = None
     citations_valid: bool | None = None
@@ -503,12 +505,28 @@ async def evaluate_answers(
     """Score the whole chain: retrieval of the condensed question, then the answer itself."""
     results: list[QuestionResult] = []
     depth = max(DEPTH, config.k)
+    from rag.chain import Answer
+    from rag.errors import ModelUnavailable
+
+    failed_in_a_row = 0
     for number, question in enumerate(dataset.questions, 1):
-        answer, first, rate, seconds = await _timed_answer(chain, question, config)
+        error: str | None = None
+        try:
+            answer, first, rate, seconds = await _timed_answer(chain, question, config)
+            failed_in_a_row = 0
+        except ModelUnavailable as failure:
+            # One answer cut off by a slow machine must not throw away an hour of answers;
+            # it counts as wrong (neither correct nor refused). A model that is down for
+            # good fails every question: stop then, with its reason.
+            failed_in_a_row += 1
+            if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise
+            error, first, rate, seconds = str(failure), None, None, 0.0
+            answer = Answer(question.question, question.question, "", [], answered=True)
         hits = await retrieve(chain.store, answer.standalone, config.options(depth))
         result = _scored(question, answer.standalone, hits, chain.relevance_floor, seconds)
         _score_answer(result, question, answer)
-        result.first_token, result.tokens_per_second = first, rate
+        result.first_token, result.tokens_per_second, result.error = first, rate, error
         results.append(result)
         if progress:
             progress(config.name, number, len(dataset.questions))
