@@ -30,5 +30,8 @@ class AnswerPolicy:
     context_chars: int = 0  # 0: whole passages; else the budget of ``rag.context.trim``
 
 
+# What the bundled models read of the passages: about 400 tokens, a few seconds on 2 cores.
+BUNDLED_CONTEXT_CHARS = 1500
+
 ANSWER_MODES: tuple[str, ...] = get_args(AnswerMode)
 CHECK_MODES: tuple[str, ...] = get_args(CheckMode)

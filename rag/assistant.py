@@ -56,7 +56,7 @@ def build_chain(services: Services, base_url: str | None, model: str) -> Assista
         load_prompts(),
         relevance_floor=settings.relevance_floor,
         llm_name=where,
-        policy=settings.answer_policy,
+        policy=settings.answer_policy(bundled=bundled is not None),
     )
     return Assistant(chain, services, describe_model(model, where), tiny)
 

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rag.answer_policy import AnswerMode, AnswerPolicy, CheckMode
+from rag.answer_policy import BUNDLED_CONTEXT_CHARS, AnswerMode, AnswerPolicy, CheckMode
 from rag.errors import ConfigError
 from rag.extractive import DEFAULT_MIN_SCORE
 from rag.grounding import DEFAULT_MIN_SUPPORT
@@ -99,15 +99,18 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(60.0, gt=0)
     llm_local_port: int = Field(0, ge=0, le=65535, description="Port of the bundled LLM; 0 = any.")
     # --- answers (chosen with `rag eval --answers`; see the README's Quality section) ---
+    # "auto" (the defaults) check and trim for the bundled models only: they run on a CPU and
+    # invent; an endpoint's model gets whole passages and its answer is shown as written.
     answer_mode: AnswerMode = Field(
-        "generate",
+        "generate-or-extract",
         description="generate (the chat model), extract (quote the passages, no model) or "
         "generate-or-extract (the quote when the check leaves nothing of the model's answer).",
     )
-    answer_check: CheckMode = Field(
-        "mark",
+    answer_check: CheckMode | Literal["auto"] = Field(
+        "auto",
         description="Sentences the passages do not back: mark (left out, with a note), "
-        "refuse (the whole answer becomes a refusal) or off.",
+        "refuse (the whole answer becomes a refusal), off, or auto (mark for the bundled "
+        "models, off for an endpoint).",
     )
     answer_min_support: float = Field(
         DEFAULT_MIN_SUPPORT,
@@ -118,8 +121,11 @@ class Settings(BaseSettings):
     answer_min_quote_score: float = Field(
         DEFAULT_MIN_SCORE, ge=0, description="Extractive answers: the best sentence's score floor."
     )
-    context_chars: int = Field(
-        1500, ge=0, description="Characters of passages the model reads (0 = whole passages)."
+    context_chars: int | None = Field(
+        None,
+        ge=0,
+        description="Characters of passages the model reads (0 = whole passages; unset = "
+        f"{BUNDLED_CONTEXT_CHARS} for the bundled models, whole passages for an endpoint).",
     )
     local_llm: str = Field(
         DEFAULT_MODEL,
@@ -204,14 +210,20 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def answer_policy(self) -> AnswerPolicy:
+    def answer_policy(self, *, bundled: bool) -> AnswerPolicy:
+        """How answers are made for this model: ``bundled`` = one of the CPU models."""
+        check = self.answer_check
+        if check == "auto":
+            check = "mark" if bundled else "off"
+        context = self.context_chars
+        if context is None:
+            context = BUNDLED_CONTEXT_CHARS if bundled else 0
         return AnswerPolicy(
             mode=self.answer_mode,
-            check=self.answer_check,
+            check=check,
             min_support=self.answer_min_support,
             min_quote_score=self.answer_min_quote_score,
-            context_chars=self.context_chars,
+            context_chars=context,
         )
 
     @property

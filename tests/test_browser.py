@@ -129,7 +129,7 @@ def running_app(
     with serve(fake) as server:
         env = _env(root, server.base_url) | {"RAG_COLLECTION": COLLECTION} | (extra_env or {})
         if not fake_llm:  # the bundled model, answering as a fresh install does
-            del env["RAG_LLM_BASE_URL"], env["RAG_ANSWER_CHECK"]
+            del env["RAG_LLM_BASE_URL"]
         with ingested_ui(folder, cwd, root, env, start_timeout=start_timeout) as (url, log):
             fake.reset()  # forget the ingestion traffic
             yield ChatUI(url, fake, root, log)

@@ -99,9 +99,6 @@ def _env(root: Path, base_url: str) -> dict[str, str]:
             "RAG_EMBEDDING_BASE_URL": base_url,
             "RAG_EMBEDDING_DIMENSIONS": "384",
             "RAG_LLM_BASE_URL": base_url,
-            # The fake model's replies are shown as written, token by token: what these tests
-            # watch. The bundled-model browser test runs the default check.
-            "RAG_ANSWER_CHECK": "off",
             "RAG_UI_DIR": str(root / "ui"),
             "RAG_UPLOAD_DIR": str(root / "uploads"),
         }
