@@ -333,4 +333,3 @@ def doctor(collection: CollectionOption = None) -> None:
 
 # Commands that live in their own modules register themselves on `app` when imported.
 from rag.commands import collections, evaluate, feedback  # noqa: E402, F401
-

