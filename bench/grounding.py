@@ -21,13 +21,14 @@ from typing import Any
 from bench.report import publish
 from rag.answer_text import contains, says_refusal
 from rag.evaluate import EvalConfig, load_dataset
-from rag.extractive import DEFAULT_MIN_SCORE, extract
-from rag.grounding import enforce, passages_of
+from rag.extractive import candidates, extract
+from rag.grounding import DEFAULT_MIN_SUPPORT, enforce, passages_of
 from rag.retrieval import Hit, retrieve
 from rag.services import open_services
 from rag.settings import load_settings
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
+QUOTE_FLOORS = (0.5, 0.6, 0.7, 0.8)
 
 
 def score(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
@@ -64,21 +65,31 @@ async def replay(report: dict[str, Any], dataset_path: str, collection: str | No
     return rows
 
 
-def choices(question: str, text: str | None, hits: list[Hit]) -> dict[str, tuple[str, bool]]:
-    """What each variant would show for one recorded answer: (text, answered)."""
+def choices(
+    question: str, text: str | None, hits: list[Hit], support: float = DEFAULT_MIN_SUPPORT
+) -> dict[str, tuple[str, bool]]:
+    """What each variant would show for one recorded answer: (text, answered). The check's
+    threshold varies in mark mode; refuse mode and the quote's floor at ``support``."""
     passages = passages_of(hits)
-    quote = extract(question, [h.document.page_content for h in hits], DEFAULT_MIN_SCORE)
-    shown: dict[str, tuple[str, bool]] = {
-        "model as written": (text or "", bool(hits)),
-        f"quote only (score ≥ {DEFAULT_MIN_SCORE})": (quote or "", quote is not None),
-    }
+    texts = [h.document.page_content for h in hits]
+    top = candidates(question, texts)
+    best = top[0].score if top else 0.0
+    quote = extract(question, texts, 0.0) if top else None
+    shown: dict[str, tuple[str, bool]] = {"model as written": (text or "", bool(hits))}
+    for floor in QUOTE_FLOORS:
+        ok = quote is not None and best >= floor
+        shown[f"quote only (score ≥ {floor})"] = (quote or "", ok)
     for threshold in THRESHOLDS:
-        for mode in ("mark", "refuse"):
-            checked = enforce(text or "", passages, threshold, mode, question)  # type: ignore[arg-type]
-            verdict = (checked.text, checked.answered and bool(hits))
-            shown[f"check {mode} ≥ {threshold}"] = verdict
-            fallback = (quote, True) if not verdict[1] and quote is not None else verdict
-            shown[f"check {mode} ≥ {threshold}, else quote"] = fallback
+        checked = enforce(text or "", passages, threshold, "mark", question)
+        shown[f"check mark ≥ {threshold}"] = (checked.text, checked.answered and bool(hits))
+    refused = enforce(text or "", passages, support, "refuse", question)
+    shown[f"check refuse ≥ {support}"] = (refused.text, refused.answered and bool(hits))
+    marked = enforce(text or "", passages, support, "mark", question)
+    for floor in QUOTE_FLOORS:
+        verdict = (marked.text, marked.answered and bool(hits))
+        if not verdict[1] and quote is not None and best >= floor:
+            verdict = (quote, True)
+        shown[f"check mark ≥ {support}, else quote ≥ {floor}"] = verdict
     return shown
 
 
