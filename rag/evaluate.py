@@ -558,7 +558,8 @@ async def _timed_answer(
     if answer is None:  # pragma: no cover - astream always ends with an Answer
         raise RagError("the chain ended without an answer")
     rate = None
-    if first is not None and tokens > 1 and last - started > first:
+    # Checked answers arrive a sentence at a time: their events are no measure of tokens/s.
+    if chain.policy.check == "off" and first is not None and tokens > 1 and last - started > first:
         rate = round((tokens - 1) / (last - started - first), 2)
     seconds = time.perf_counter() - started
     return answer, round(first, 3) if first is not None else None, rate, seconds
