@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.report import publish
+from bench.report import RESULTS, publish
 from rag.answer_text import contains, says_refusal
 from rag.evaluate import EvalConfig, load_dataset
 from rag.extractive import candidates, extract
@@ -120,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         quick=False,
         notes=[f"Answers as the model wrote them (`rag eval --answers`). {model}".strip()],
     )
+    # publish() names the command after the file; say the one that made it.
+    report = RESULTS / f"grounding_{Path(args.dataset).stem}.md"
+    command = f"python -m bench.grounding {args.report} {args.dataset}"
+    text = report.read_text("utf-8").replace(
+        f"`python -m bench.grounding_{Path(args.dataset).stem}`", f"`{command}`"
+    )
+    report.write_text(text, "utf-8")
     return 0
 
 
