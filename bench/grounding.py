@@ -79,14 +79,14 @@ def choices(
     for floor in QUOTE_FLOORS:
         ok = quote is not None and best >= floor
         shown[f"quote only (score ≥ {floor})"] = (quote or "", ok)
+    marked = {t: enforce(text or "", passages, t, "mark", question) for t in {*THRESHOLDS, support}}
     for threshold in THRESHOLDS:
-        checked = enforce(text or "", passages, threshold, "mark", question)
+        checked = marked[threshold]
         shown[f"check mark ≥ {threshold}"] = (checked.text, checked.answered and bool(hits))
     refused = enforce(text or "", passages, support, "refuse", question)
     shown[f"check refuse ≥ {support}"] = (refused.text, refused.answered and bool(hits))
-    marked = enforce(text or "", passages, support, "mark", question)
     for floor in QUOTE_FLOORS:
-        verdict = (marked.text, marked.answered and bool(hits))
+        verdict = (marked[support].text, marked[support].answered and bool(hits))
         if not verdict[1] and quote is not None and best >= floor:
             verdict = (quote, True)
         shown[f"check mark ≥ {support}, else quote ≥ {floor}"] = verdict
@@ -95,7 +95,7 @@ def choices(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("report", type=Path, help="eval_<dataset>.json of a run with check off")
+    parser.add_argument("report", type=Path, help="eval_<dataset>.json of a rag eval --answers run")
     parser.add_argument("dataset", help="the question file of that run")
     parser.add_argument("--collection", default=None)
     args = parser.parse_args(argv)

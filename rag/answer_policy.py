@@ -6,7 +6,7 @@ importing LangChain, and so ``rag eval`` compares exactly what the chat runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 from rag.extractive import DEFAULT_MIN_SCORE
@@ -28,6 +28,10 @@ class AnswerPolicy:
     min_support: float = DEFAULT_MIN_SUPPORT
     min_quote_score: float = DEFAULT_MIN_SCORE
     context_chars: int = 0  # 0: whole passages; else the budget of ``rag.context.trim``
+
+    def summary(self) -> str:
+        """One line for reports: ``mode=… check=… min_support=…``."""
+        return " ".join(f"{name}={value}" for name, value in asdict(self).items())
 
 
 # What the bundled models read of the passages: about 400 tokens, a few seconds on 2 cores.

@@ -308,35 +308,34 @@ class RagChain:
         dropped = 0
 
         def take(text: str) -> list[str]:
+            """Check complete sentences; the backed ones join ``shown`` and come back as the
+            pieces to stream (each after a space, but the first)."""
             nonlocal dropped
-            kept = []
+            pieces = []
             for sentence in check(text, passages, policy.min_support, standalone).sentences:
                 if not sentence.supported:
                     dropped += 1
                 elif sentence.content:
-                    kept.append(sentence.shown)
+                    pieces.append((" " if shown else "") + sentence.shown)
+                    shown.append(sentence.shown)
                 else:
                     held.append(sentence.text)
-            return kept
+            return pieces if streaming else []
 
         written: list[str] = []
         async for token in tokens:
             written.append(token)
-            verdict.draft = "".join(written)
             pending += token
             spans = split_sentences(pending)
             # The last piece may still grow, and a citation may still follow a full stop.
             if len(spans) < 2 or spans[-1].text.lstrip().startswith("["):
                 continue
             complete, pending = pending[: spans[-1].start], pending[spans[-1].start :]
-            for text in take(complete):
-                if streaming:
-                    yield (" " if shown else "") + text
-                shown.append(text)
-        for text in take(pending) if pending.strip() else []:
-            if streaming:
-                yield (" " if shown else "") + text
-            shown.append(text)
+            for piece in take(complete):
+                yield piece
+        verdict.draft = "".join(written)
+        for piece in take(pending) if pending.strip() else []:
+            yield piece
         if policy.check == "refuse" and dropped:
             shown = []
         if not shown:

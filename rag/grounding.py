@@ -414,13 +414,20 @@ class _Passage:
 
     @classmethod
     def of(cls, text: str) -> _Passage:
-        return cls(f" {normalise(text)} ", vocabulary(text))
+        return _passage(text)
 
     def has(self, term: Term) -> bool:
         if term.key in self.vocabulary:
             return True
         # "QH 640" in a passage is the identifier "QH-640" too.
         return term.kind == "id" and f" {normalise(term.text)} " in self.padded
+
+
+@lru_cache(maxsize=256)
+def _passage(text: str) -> _Passage:
+    """The chain checks an answer a sentence at a time against the same passages: each is
+    normalised once, not once per sentence."""
+    return _Passage(f" {normalise(text)} ", vocabulary(text))
 
 
 def check(

@@ -32,9 +32,7 @@ def build_chat_model(
     cap = min(settings.llm_max_tokens, 160 if tiny else BUNDLED_MAX_TOKENS)
     local = bundled or tiny
     # langchain-openai sends max_completion_tokens, which llama.cpp's server ignores.
-    extra: dict[str, object] | None = {"max_tokens": cap} if local else None
-    if tiny:
-        extra = {"max_tokens": cap, "repeat_penalty": 1.3}
+    extra = {"max_tokens": cap, **({"repeat_penalty": 1.3} if tiny else {})} if local else None
     return ChatOpenAI(
         model=settings.llm_model,
         base_url=base_url or settings.llm_base_url,

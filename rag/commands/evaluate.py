@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -101,7 +101,7 @@ def evaluate(
         if done == total or done % 10 == 0:
             console.print(f"  {name}: {done}/{total}", highlight=False)
 
-    answered_by: list[Any] = []  # the model's label and the answer policy it ran with
+    answered_by: dict[str, str] = {}  # which model and answer policy the answers came from
 
     async def go() -> list[Summary]:
         if answers:
@@ -110,7 +110,8 @@ def evaluate(
             async with open_assistant(settings) as assistant:
                 await require_documents(assistant.services.store)
                 console.print(f"answers from {assistant.llm_label}", highlight=False)
-                answered_by[:] = [assistant.llm_label, assistant.chain.policy]
+                answered_by["llm"] = assistant.llm_label
+                answered_by["answers"] = assistant.chain.policy.summary()
                 return [
                     await evaluate_answers(assistant.chain, gold, config, progress)
                     for config in configs
@@ -132,13 +133,7 @@ def evaluate(
         "relevance_floor": settings.relevance_floor,
         "embedding": settings.embedding_model or settings.embedding_provider,
     }
-    if answered_by:
-        policy = answered_by[1]
-        context["llm"] = answered_by[0]
-        context["answers"] = (
-            f"mode={policy.mode} check={policy.check} min_support={policy.min_support} "
-            f"min_quote_score={policy.min_quote_score} context_chars={policy.context_chars}"
-        )
+    context.update(answered_by)
     columns, rows = headline(summaries)
     first = summaries[0]
     table = Table(
