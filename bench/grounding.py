@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import RESULTS, publish
-from rag.answer_text import contains, says_refusal
-from rag.evaluate import EvalConfig, load_dataset
-from rag.extractive import candidates, extract
-from rag.grounding import DEFAULT_MIN_SUPPORT, enforce, passages_of
+from rag.answer.extractive import candidates, extract
+from rag.answer.grounding import enforce, passages_of
+from rag.answer.text import contains, says_refusal
+from rag.choices import DEFAULT_MIN_SUPPORT
+from rag.config import load_settings
+from rag.eval.run import EvalConfig, load_dataset
 from rag.retrieval import Hit, retrieve
 from rag.services import open_services
-from rag.settings import load_settings
 
 THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)
 QUOTE_FLOORS = (0.5, 0.6, 0.7, 0.8)

@@ -17,7 +17,7 @@ work counts as the client's and shares the client's GIL; ``lite-server`` runs th
 engine in its own process, as a deployed Milvus would.
 
 Embedding modes:
-- ``latency``: tests/fake_openai.py as is; it computes hashed bag-of-words vectors,
+- ``latency``: tests/support/fake_openai.py as is; it computes hashed bag-of-words vectors,
   about 1 ms of its CPU per chunk, on the same cores as the client;
 - ``remote``: the same server with near-free vectors, as a remote API whose compute
   is elsewhere: only latency (and the client's own work) remains;
@@ -69,8 +69,8 @@ from bench.report import (
 from bench.services import ROOT, _process, fake_openai, free_port, milvus_target
 from ingest.pipeline import WRITERS, Pipeline, _Batch, ingest_path
 from ingest.split import Splitter
+from rag.config import Settings, load_settings
 from rag.services import Services, open_services
-from rag.settings import Settings, load_settings
 
 CHUNKS_PER_FILE = 20
 REMOTE_CONCURRENCY = 8
@@ -339,7 +339,8 @@ def embedding_server(mode: str, latency: float) -> Iterator[str | None]:
             yield url
     elif mode == "remote":
         port = free_port()
-        command = [sys.executable, "-c", CHEAP_SERVER, str(ROOT / "tests"), "--port", str(port),
+        support = str(ROOT / "tests" / "support")
+        command = [sys.executable, "-c", CHEAP_SERVER, support, "--port", str(port),
                    "--embed-latency", str(latency), "--embed-jitter", str(latency / 4)]  # fmt: skip
         with _process(command, port):
             yield f"http://127.0.0.1:{port}/v1"

@@ -1,6 +1,6 @@
 """Serving the bundled model on a CPU: which llama.cpp settings shorten the wait.
 
-Each configuration starts its own ``llama_cpp.server`` (through ``rag.local_llm``, as the
+Each configuration starts its own ``llama_cpp.server`` (through ``rag.local.server``, as the
 app does) and sends the same two RAG prompts, built by the app's own prompt templates
 from the sample documents: the first is read from scratch (cold), the second shares only
 the system prompt with it, which llama.cpp can keep in its KV cache (warm). Time to first
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import publish, save_json
-from rag.local_llm import LocalLLMServer, physical_cores
+from rag.local.server import LocalLLMServer, physical_cores
 from rag.prompts import load_prompts
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_docs"

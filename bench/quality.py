@@ -29,7 +29,8 @@ from rich.table import Table
 
 from bench.report import RESULTS
 from ingest.pipeline import ingest_path
-from rag.evaluate import (
+from rag.choices import SearchMode
+from rag.eval.run import (
     Dataset,
     EvalConfig,
     Summary,
@@ -37,7 +38,6 @@ from rag.evaluate import (
     load_dataset,
     markdown_table,
 )
-from rag.retrieval import SearchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DOCS = ROOT / "sample_docs"
@@ -67,7 +67,7 @@ class Row:
 
 def pinned_settings(uri: str, size: int) -> Any:
     """Settings for one collection: no .env, no RAG_* variable changes what is measured."""
-    from rag.settings import load_settings
+    from rag.config import load_settings
 
     return load_settings(
         _env_file=None,
@@ -125,11 +125,19 @@ async def measure_size(
     dataset: Dataset, uri: str, size: int, embeddings: Any, dimension: int, quick: bool = False
 ) -> list[Row]:
     """Ingest the corpus at one chunk size, then run every search configuration on it."""
-    from rag.store import open_store
+    from rag.embeddings import embedding_identity
+    from rag.store.milvus import open_store
 
     rows: list[Row] = []
     settings = pinned_settings(uri, size)
-    store = await asyncio.to_thread(open_store, settings, embeddings, dimension, recreate=True)
+    store = await asyncio.to_thread(
+        open_store,
+        settings,
+        embeddings,
+        dimension,
+        embedding_model=embedding_identity(settings)[0],
+        recreate=True,
+    )
     started = time.perf_counter()
     report = await ingest_path(SAMPLE_DOCS, store, settings)
     if not report.ok:

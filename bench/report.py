@@ -26,7 +26,7 @@ from rich.table import Table
 
 # Re-exported: the app applies it whenever it opens a Milvus Lite file; the benchmark
 # parts also build clients themselves, so they apply it at start.
-from rag.lite import tolerate_lite_keepalive  # noqa: F401
+from rag.store.lite import tolerate_lite_keepalive  # noqa: F401
 
 # Overridable so the smoke test in tests/ runs every part without touching the
 # committed results.
@@ -120,7 +120,7 @@ def process_cpu() -> dict[str, float]:
     """CPU seconds (user + system) so far of this process and every descendant, by role.
 
     Linux /proc only; elsewhere just this process. Roles: 'client' (this process),
-    'embedding server' (tests/fake_openai.py), 'Milvus' (milvus-lite's server), 'other'.
+    'embedding server' (tests/support/fake_openai.py), 'Milvus' (milvus-lite's server), 'other'.
     """
     me = os.getpid()
     times = os.times()

@@ -22,9 +22,10 @@ import numpy as np
 
 from bench import charts
 from bench.report import RESULTS, percentile, publish, save_json, tolerate_lite_keepalive
+from rag.config import load_settings
+from rag.embeddings import LOCAL_MODEL_NAME as MODEL
 from rag.embeddings import LocalMiniLMEmbeddings
-from rag.settings import load_settings
-from rag.store import open_store
+from rag.store.milvus import open_store
 
 DIM = 384
 QUERIES = 50
@@ -43,7 +44,9 @@ async def measure(size: int) -> dict[str, float | str]:
     folder = Path(tempfile.mkdtemp(prefix="rag-latency-"))
     try:
         settings = load_settings(milvus_uri=str(folder / "m.db"), collection="latency")
-        store = await asyncio.to_thread(open_store, settings, LocalMiniLMEmbeddings(), DIM)
+        store = await asyncio.to_thread(
+            open_store, settings, LocalMiniLMEmbeddings(), DIM, embedding_model=MODEL
+        )
         rng = np.random.default_rng(size)
         text_fields = ("source", "title", "section", "content_hash", "file_hash", "ingested_at")
         meta = dict.fromkeys(text_fields, "x") | {

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from rag.local_llm import stop_process_group
+from rag.local.server import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every port option of `milvus-server --help`. Each option is only where the wrapper
@@ -47,12 +47,6 @@ STANDALONE_MISSING = (
     "milvus-server is not installed (the PyPI package `milvus`, a Milvus 2.3 standalone "
     "without Docker): pip install milvus==2.3.5"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -135,7 +129,8 @@ def fake_openai(
 ) -> Iterator[str]:
     """The tests' fake OpenAI server with per-request latency; yields its base URL."""
     port = free_port()
-    command = [sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--port", str(port),
+    script = ROOT / "tests" / "support" / "fake_openai.py"
+    command = [sys.executable, str(script), "--port", str(port),
                "--embed-latency", str(latency), "--embed-jitter", str(jitter),
                "--chat-token-delay", str(chat_token_delay),
                "--chat-first-token-delay", str(chat_first_token_delay)]  # fmt: skip

@@ -58,10 +58,10 @@ from bench.report import (
 )
 from bench.services import fake_openai, milvus_target
 from ingest.pipeline import ingest_path
-from rag.assistant import build_chain
+from rag.app import build_chain
 from rag.chain import Answer, Retrieved, Token
+from rag.config import Settings, load_settings
 from rag.services import open_services
-from rag.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = [

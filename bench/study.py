@@ -33,7 +33,7 @@ from rich.table import Table
 from bench import charts
 from bench.report import RESULTS, save_json, tolerate_lite_keepalive
 from bench.services import fake_openai, milvus_target
-from rag.store import SERVER_GRPC_OPTIONS
+from rag.store.milvus import SERVER_GRPC_OPTIONS
 
 PUBLISHED = {  # seconds: (sync, async)
     ("add", 10): (5.36, 1.74),
@@ -65,7 +65,7 @@ def documents(n: int, start: int = 0) -> list[Document]:
 
 
 def study_connection(uri: str) -> dict[str, object]:
-    """The tutorial's connection, with the app's ping interval on a server (rag/store.py)."""
+    """The tutorial's connection, with the app's ping interval on a server (rag/store/milvus.py)."""
     if uri.endswith(".db"):
         return {"uri": uri}
     return {"uri": uri, "grpc_options": SERVER_GRPC_OPTIONS}

@@ -32,16 +32,18 @@ from tenacity import (
     wait_random,
 )
 
-from ingest import records
 from ingest.discover import FoundFile, discover, is_single_file, wanted
 from ingest.loaders import LoadedFile, LoadError, load
 from ingest.split import Chunk, Splitter
 from rag.errors import IngestFailed, ModelUnavailable, RagError, StoreUnavailable
+from rag.store import records
+from rag.store.filters import ids_expr, source_expr, version_expr
+from rag.store.schema import chunk_id, chunk_metadata, file_hash
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
 
-    from rag.settings import Settings
+    from rag.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ class Pipeline:
         files: asyncio.Queue[FoundFile | None] = asyncio.Queue()
         # Short queues: enough to keep every embedder busy (preparing is ~20x faster than
         # embedding), little enough that a slow embedding stage holds only a few batches
-        # of text in memory (backpressure; tests/test_ingest_bad_input.py measures it).
+        # of text in memory (backpressure; tests/ingest/test_ingest_bad_input.py measures it).
         pieces: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=2)
         batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency)
         for item in found:
@@ -331,9 +333,7 @@ class Pipeline:
         if total == 0:
             if stored.rows:
                 # The file was emptied: its old chunks no longer say anything it says.
-                await self._retry(
-                    records.delete_where, self.store, records.source_expr(found.source)
-                )
+                await self._retry(records.delete_where, self.store, source_expr(found.source))
             self._outcome(
                 FileOutcome(found.source, "skipped", reason="no text to index (empty file)")
             )
@@ -343,7 +343,7 @@ class Pipeline:
             await self._retry(
                 records.delete_where,
                 self.store,
-                records.version_expr(found.source, digest, same=True),
+                version_expr(found.source, digest, same=True),
             )
         status: Status = "updated" if stored.rows > stored.current_rows else "added"
         job = _FileJob(found, digest, status)
@@ -365,7 +365,7 @@ class Pipeline:
                 self._document(found.source, read.loaded.title, digest, read.size, i, total, c)
                 for i, c in piece
             ]
-            ids = [records.chunk_id(found.source, digest, i) for i, _ in piece]
+            ids = [chunk_id(found.source, digest, i) for i, _ in piece]
             job.pending += 1
             job.chunks += len(docs)
             await pieces.put(_Piece(job, docs, ids))
@@ -401,18 +401,18 @@ class Pipeline:
     ) -> Document:
         return Document(
             page_content=chunk.text,
-            metadata={
-                "source": source,
-                "title": title[:500],
-                "section": chunk.section[:1000],
-                "page": chunk.page or 0,
-                "chunk_index": index,
-                "chunk_count": total,
-                "content_hash": records.content_hash(chunk.text),
-                "file_hash": digest,
-                "file_size": size,
-                "ingested_at": self.ingested_at,
-            },
+            metadata=chunk_metadata(
+                source=source,
+                title=title,
+                section=chunk.section,
+                page=chunk.page,
+                index=index,
+                total=total,
+                text=chunk.text,
+                file_hash=digest,
+                file_size=size,
+                ingested_at=self.ingested_at,
+            ),
         )
 
     async def _batcher(
@@ -494,7 +494,7 @@ class Pipeline:
             if attempt > 1:
                 # The failed try may have inserted rows before the error reached us;
                 # Milvus does not deduplicate primary keys, so clear them first.
-                await records.delete_where(self.store, f"pk in {batch.ids!r}")
+                await records.delete_where(self.store, ids_expr(batch.ids))
             documents = batch.documents
             await self.store.aadd_embeddings(
                 [d.page_content for d in documents],
@@ -570,7 +570,7 @@ class Pipeline:
             await self._retry(
                 records.delete_where,
                 self.store,
-                records.version_expr(job.found.source, job.digest, same=False),
+                version_expr(job.found.source, job.digest, same=False),
             )
         self._outcome(FileOutcome(job.found.source, job.status, job.chunks))
 
@@ -593,7 +593,7 @@ class Pipeline:
                 continue
             if not wanted(source[len(prefix) :], self.include, self.exclude):
                 continue
-            await self._retry(records.delete_where, self.store, records.source_expr(source))
+            await self._retry(records.delete_where, self.store, source_expr(source))
             self._outcome(FileOutcome(source, "removed"))
 
     async def _flush(self) -> None:
@@ -656,7 +656,7 @@ _saved_level = logging.NOTSET
 def _hash(found: FoundFile) -> str:
     """Blocking: the file's sha256, or LoadError with a one-line reason."""
     try:
-        return records.file_hash(found.path)
+        return file_hash(found.path)
     except OSError as error:
         raise LoadError(error.strerror or str(error)) from None
 
@@ -709,7 +709,7 @@ def _retry_after(error: BaseException) -> float | None:
 def _explain(error: BaseException, settings: Settings) -> RagError:
     """One line for an error that survived every retry, naming the service at fault."""
     from rag.embeddings import EMBEDDING_RETRIES, EMBEDDING_TIMEOUT
-    from rag.store import describe_failure
+    from rag.store.milvus import describe_failure
 
     module = type(error).__module__
     if module.startswith(("openai", "httpx")):

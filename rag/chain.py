@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from langchain_core.output_parsers import StrOutputParser
 
-from rag.answer_policy import AnswerPolicy
-from rag.answer_text import citations
-from rag.context import trim
+from rag.answer.context import trim
+from rag.answer.extractive import extract
+from rag.answer.grounding import DONT_SAY, check, left_out_note, passages_of, split_sentences
+from rag.answer.policy import AnswerPolicy
+from rag.answer.text import citations
 from rag.errors import ModelUnavailable, RagError, StoreUnavailable
-from rag.extractive import extract
-from rag.grounding import DONT_SAY, check, left_out_note, passages_of, split_sentences
 from rag.retrieval import Hit, SearchOptions, retrieve
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def format_context(hits: Sequence[Hit], texts: Sequence[str] | None = None) -> s
 
     Passages are data: their text (and their file name, which is text too and may hold
     a newline) is neutralised so that the numbers the model sees are exactly ours.
-    ``texts`` replaces the hits' own texts (trimmed passages, ``rag.context``).
+    ``texts`` replaces the hits' own texts (trimmed passages, ``rag.answer.context``).
     """
     bodies = texts if texts is not None else [hit.document.page_content for hit in hits]
     blocks = []

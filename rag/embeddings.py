@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from rag.errors import ConfigError, ModelUnavailable
+from rag.errors import ConfigError, ModelUnavailable, Service
 
 if TYPE_CHECKING:
-    from rag.settings import Settings
+    from rag.config import Settings
 
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
 LOCAL_DIMENSION = 384
@@ -188,6 +188,17 @@ def embedding_identity(settings: Settings) -> tuple[str, int | None]:
     if settings.embedding_provider == "local":
         return LOCAL_MODEL_NAME, LOCAL_DIMENSION
     return settings.embedding_model or "text-embedding-3-small", settings.embedding_dimensions
+
+
+def embedding_service(settings: Settings) -> Service:
+    """The embedding endpoint as failures name it (`rag.errors.explain`)."""
+    key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else ""
+    return Service(
+        "embeddings",
+        f"embedding endpoint {settings.embedding_base_url or 'the OpenAI API'}",
+        "RAG_EMBEDDING_API_KEY",
+        (key,),
+    )
 
 
 def build_embeddings(settings: Settings) -> Embeddings:

@@ -4,6 +4,19 @@ The CLI prints them as one line and exits non-zero; anything else is a bug and
 keeps its traceback.
 """
 
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import grpc
+import httpx
+import openai
+import pymilvus
+import sqlalchemy.exc
+
 
 class RagError(Exception):
     """Base class for failures the user can act on."""
@@ -57,3 +70,101 @@ class HistoryUnavailable(RagError):
     """The chat history database cannot be reached, or holds no history yet."""
 
     exit_code = 7
+
+
+# --- explaining outside failures ---------------------------------------------------------
+# Every failure of an outside service (an OpenAI-compatible endpoint, Milvus, the history
+# database) becomes one of the errors above through `explain`, by the libraries' own
+# exception classes (openai's APITimeoutError, AuthenticationError, RateLimitError,
+# APIConnectionError; pymilvus' MilvusException; grpc's RpcError; SQLAlchemy's errors),
+# and every line it writes passes through `mask` first, so no key or password reaches a
+# user, a log or a test report.
+
+MASK = "********"
+ServiceKind = Literal["embeddings", "chat", "milvus", "history"]
+_RAISES: dict[ServiceKind, type[RagError]] = {
+    "embeddings": ModelUnavailable,
+    "chat": ModelUnavailable,
+    "milvus": StoreUnavailable,
+    "history": HistoryUnavailable,
+}
+
+
+def mask_url_password(url: str) -> str:
+    """``scheme://user:secret@host`` with the password hidden, for logs and `rag doctor`."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", rf"\1{MASK}@", url)
+
+
+def url_password(url: str) -> str:
+    """The password in ``scheme://user:secret@host``, or ""."""
+    found = re.match(r"^[a-z+]+://[^:/@]+:([^@]*)@", url)
+    return found[1] if found else ""
+
+
+def mask(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with every secret and every URL password replaced by ``********``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]*@", rf"\1{MASK}@", text)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (SQLAlchemy's and gRPC's carry the cause)."""
+    cause = getattr(error, "orig", None) or error
+    details = getattr(cause, "details", None)
+    code = getattr(cause, "code", None)
+    if isinstance(cause, grpc.RpcError) and callable(details) and callable(code):
+        # A raw gRPC error's first line is "<AioRpcError of RPC that terminated with:".
+        return f"{code().name}: {details()}"
+    text = str(getattr(cause, "message", "") or cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+@dataclass(frozen=True)
+class Service:
+    """An outside service as the user knows it, for the one line that explains its failure.
+
+    ``label`` names it in a sentence ("embedding endpoint http://…", "Milvus at …"),
+    ``key_setting`` is the variable to check when it rejects a key, and ``secrets`` are the
+    values that must never be shown (tokens, keys; URL passwords are always masked).
+    """
+
+    kind: ServiceKind
+    label: str
+    key_setting: str | None = None
+    secrets: tuple[str, ...] = ()
+
+
+def is_timeout(error: BaseException) -> bool:
+    """The service did not answer in time (the client has already retried it)."""
+    return isinstance(error, openai.APITimeoutError | httpx.TimeoutException | TimeoutError)
+
+
+def explain(error: BaseException, service: Service, *, timeout: str = "") -> RagError:
+    """One line on why ``service`` failed, as the error type a user can act on.
+
+    ``timeout`` adds what the wait was ("within 30 s (3 tries)"). An error that is already
+    a RagError is returned as it is: it was explained where it was raised.
+    """
+    if isinstance(error, RagError):
+        return error
+    raises = _RAISES[service.kind]
+    label = mask(service.label, service.secrets)
+    status = getattr(error, "status_code", None)
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        check = f"; check {service.key_setting}" if service.key_setting else ""
+        line = f"{label} rejected the API key ({status}){check}"
+    elif isinstance(error, openai.RateLimitError):
+        line = f"{label} is rate-limited (429); wait a moment and try again"
+    elif is_timeout(error):
+        line = f"{label} did not answer {timeout or 'in time'}"
+    elif isinstance(error, openai.APIConnectionError | httpx.ConnectError):
+        line = f"{label} is not reachable; is it running?"
+    elif isinstance(
+        error, pymilvus.MilvusException | grpc.RpcError | sqlalchemy.exc.SQLAlchemyError
+    ) or service.kind in ("milvus", "history"):
+        line = f"cannot use {label}: {first_line(error)}"
+    else:
+        line = f"{label} failed: {first_line(error)}"
+    return raises(mask(line, service.secrets))

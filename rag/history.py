@@ -29,8 +29,7 @@ from chainlit.data.utils import queue_until_user_message
 from sqlalchemy import bindparam, inspect, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from rag.errors import HistoryUnavailable, RagError
-from rag.settings import mask_url_password
+from rag.errors import HistoryUnavailable, RagError, Service, mask_url_password
 
 if TYPE_CHECKING:
     from chainlit.element import Element
@@ -137,6 +136,11 @@ _INDEXES = [
 ]
 # Any constant: two UI processes starting at once on one PostgreSQL serialise their DDL on it.
 _DDL_LOCK = 7_310_042
+
+
+def history_service(url: str) -> Service:
+    """The chat history database as failures name it (password masked by `rag.errors`)."""
+    return Service("history", f"the chat history database at {url}")
 
 
 def describe(url: str, error: BaseException) -> str:

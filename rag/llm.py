@@ -6,11 +6,20 @@ from typing import TYPE_CHECKING
 
 from langchain_openai import ChatOpenAI
 
+from rag.errors import Service
+
 if TYPE_CHECKING:
-    from rag.settings import Settings
+    from rag.config import Settings
 
 
 BUNDLED_MAX_TOKENS = 200  # one or two cited sentences; a CPU writes ~20 tokens/s
+
+
+def chat_service(settings: Settings, base_url: str | None = None) -> Service:
+    """The chat endpoint (``base_url``: the bundled one) as failures name it."""
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
+    where = base_url or settings.llm_base_url or "the OpenAI API"
+    return Service("chat", f"the chat model at {where}", "RAG_LLM_API_KEY", (key,))
 
 
 def build_chat_model(

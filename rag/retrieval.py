@@ -20,32 +20,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from langchain_core.documents import Document
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
-from rag.store import (
+from rag.choices import Ranker, SearchMode
+from rag.store.filters import sources_expr
+from rag.store.schema import (
     METADATA_FIELDS,
     PRIMARY_FIELD,
     SPARSE_FIELD,
     TEXT_FIELD,
     VECTOR_FIELD,
-    quote,
 )
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
 
-    from rag.settings import Settings
+    from rag.config import Settings
 
 log = logging.getLogger(__name__)
 
-SearchMode = Literal["dense", "bm25", "hybrid"]
-Ranker = Literal["rrf", "weighted"]
-SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "bm25", "hybrid")
 OUTPUT_FIELDS = [PRIMARY_FIELD, TEXT_FIELD, *METADATA_FIELDS]
 # The constant of reciprocal rank fusion (score = sum of 1 / (k + rank)). The paper's 60
 # suits fusing lists a thousand deep; with the 20 candidates per side fused here it lets
@@ -102,13 +100,6 @@ def search_options(settings: Settings) -> SearchOptions:
     )
 
 
-def source_filter(sources: tuple[str, ...]) -> str | None:
-    """A Milvus expression limiting results to some sources; values are always escaped."""
-    if not sources:
-        return None
-    return "source in [" + ", ".join(quote(s) for s in sources) + "]"
-
-
 def effective_mode(store: Milvus, mode: SearchMode) -> SearchMode:
     """The mode that will actually run: dense when this store cannot do BM25.
 
@@ -124,7 +115,7 @@ def effective_mode(store: Milvus, mode: SearchMode) -> SearchMode:
 
 async def retrieve(store: Milvus, question: str, options: SearchOptions) -> list[Hit]:
     """Top passages for a question, best first."""
-    expr = source_filter(options.sources)
+    expr = sources_expr(options.sources) if options.sources else None
     mode = effective_mode(store, options.mode)
     if mode == "dense":
         return await _dense(store, question, options, expr)

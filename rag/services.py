@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from rag.embeddings import LocalMiniLMEmbeddings, build_embeddings, embedding_identity
 from rag.errors import ModelUnavailable
-from rag.store import open_store
+from rag.store.milvus import open_store
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
     from langchain_milvus import Milvus
 
-    from rag.settings import Settings
+    from rag.config import Settings
 
 
 @dataclass
@@ -49,6 +49,12 @@ async def open_services(
         await asyncio.to_thread(embeddings.load)
     dimension = await resolve_dimension(settings, embeddings)
     store = await asyncio.to_thread(
-        open_store, settings, embeddings, dimension, collection=collection, recreate=recreate
+        open_store,
+        settings,
+        embeddings,
+        dimension,
+        embedding_model=embedding_identity(settings)[0],
+        collection=collection,
+        recreate=recreate,
     )
     return Services(settings, embeddings, store)

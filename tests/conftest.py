@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -33,11 +32,12 @@ from pymilvus import MilvusClient
 import rag.services
 from bench.services import wait_for_milvus
 from ingest.pipeline import FileOutcome, IngestReport, ingest_path
+from rag.config import Settings, load_settings
 from rag.embeddings import LocalMiniLMEmbeddings
-from rag.lite import tolerate_lite_keepalive
+from rag.local.server import free_port
 from rag.services import Services, open_services
-from rag.settings import Settings, load_settings
-from tests.fake_openai import FakeServer, serve
+from rag.store.lite import tolerate_lite_keepalive
+from tests.support.fake_openai import FakeServer, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DOCS = REPO_ROOT / "sample_docs"
@@ -113,12 +113,6 @@ def by_source(report: IngestReport) -> dict[str, FileOutcome]:
     outcomes = {o.source: o for o in report.outcomes}
     assert len(outcomes) == len(report.outcomes), f"a source reported twice: {report.outcomes}"
     return outcomes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +298,7 @@ def fake_openai() -> Iterator[FakeServer]:
         yield server
 
 
-# Tests open Milvus Lite files with their own clients too (see rag/lite.py).
+# Tests open Milvus Lite files with their own clients too (see rag/store/lite.py).
 tolerate_lite_keepalive()
 
 # One readiness check for tests and benchmarks (bench/services.py owns it).

@@ -28,7 +28,7 @@ from tests.conftest import (
     free_port,
     stop_process_group,
 )
-from tests.fake_openai import FakeServer
+from tests.support.fake_openai import FakeServer
 
 
 class RestartableMilvus:

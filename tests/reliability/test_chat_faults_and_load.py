@@ -30,9 +30,10 @@ import pytest
 
 from ingest.loaders import load
 from ingest.split import Splitter
-from tests.chainlit_client import ChainlitClient, Turn
 from tests.conftest import free_port, stop_process_group
-from tests.fake_openai import (
+from tests.reliability.conftest import RestartableMilvus, count_rows, rss_kib, start_rag
+from tests.support.chainlit_client import ChainlitClient, Turn
+from tests.support.fake_openai import (
     FakeOpenAI,
     FakeOpenAIConfig,
     FakeServer,
@@ -40,8 +41,7 @@ from tests.fake_openai import (
     serve,
     split_reply,
 )
-from tests.reliability.conftest import RestartableMilvus, count_rows, rss_kib, start_rag
-from tests.test_chat_ui import _env, ingested_ui
+from tests.ui.test_chat_ui import _env, ingested_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -358,8 +358,8 @@ async def chat_while(chat: Chat, running: Any, sessions: int) -> list[float]:
 
 @contextlib.contextmanager
 def separate_embedding_server(root: Path) -> Iterator[str]:
-    """tests/fake_openai.py as its own process (same deterministic vectors); yields its URL."""
-    script = Path(__file__).resolve().parents[1] / "fake_openai.py"
+    """tests/support/fake_openai.py as its own process (same vectors); yields its URL."""
+    script = Path(__file__).resolve().parents[1] / "support" / "fake_openai.py"
     process = subprocess.Popen(
         [sys.executable, str(script), "--port", "0", "--no-keep-alive"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,

@@ -17,7 +17,7 @@ import rag.embeddings
 from ingest.pipeline import IngestReport
 from rag.errors import ModelUnavailable
 from tests.conftest import OpenEnv, RecordingReporter, run_rag, write_files
-from tests.fake_openai import FakeServer, RecordedRequest, serve
+from tests.support.fake_openai import FakeServer, RecordedRequest, serve
 
 pytestmark = pytest.mark.slow
 

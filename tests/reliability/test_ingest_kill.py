@@ -1,6 +1,6 @@
 """`rag ingest` killed with SIGKILL at random moments, on a Milvus *server*, then re-run.
 
-``tests/test_ingest_interrupt.py`` kills a first ingest into Milvus Lite after a counted
+``tests/ingest/test_ingest_interrupt.py`` kills a first ingest into Milvus Lite after a counted
 number of embedding answers. This module adds what it does not cover: kills at random
 wall-clock moments (during start-up, discovery, writes or the final removals), a re-run
 killed again, and a kill in the middle of an *update*, where every file must stay
@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_files
-from tests.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
 from tests.reliability.conftest import (
     RestartableMilvus,
     ingest_variables,
@@ -27,6 +26,7 @@ from tests.reliability.conftest import (
     read_rows,
     start_rag,
 )
+from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
 
 pytestmark = [pytest.mark.heavy, pytest.mark.server]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_files
-from tests.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
 from tests.reliability.conftest import RestartableMilvus, ingest_variables, read_rows, start_rag
+from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

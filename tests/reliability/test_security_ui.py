@@ -25,10 +25,10 @@ import httpx
 import pytest
 import socketio
 
-from tests.chainlit_client import SOCKET_PATH, ChainlitClient, Turn, login
-from tests.fake_openai import FakeServer, serve
 from tests.reliability.conftest import RestartableMilvus, read_rows
-from tests.test_chat_ui import _env, ingested_ui
+from tests.support.chainlit_client import SOCKET_PATH, ChainlitClient, Turn, login
+from tests.support.fake_openai import FakeServer, serve
+from tests.ui.test_chat_ui import _env, ingested_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -263,7 +263,7 @@ async def test_uploads_over_the_limit_or_of_a_wrong_type_are_refused(ui: SecureU
     client = await signed_in(ui)
     try:
         big = await upload_named(client, "big.txt", b"x " * int(UPLOAD_LIMIT_MB * 1e6))
-        # Chainlit's own accept list stops other types at the door (rag.uploads checks again)
+        # Chainlit's own accept list stops other types at the door (rag.ui.uploads checks again)
         for name in ("setup.exe", "notes.txt.exe", "script.sh"):
             refused = await upload_named(client, name, b"MZ\x90\x00", status=400)
             assert refused == {"detail": "File type not allowed"}

@@ -24,15 +24,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.pipeline import ingest_path
-from rag.assistant import build_chain
+from rag.app import build_chain
 from rag.chain import Answer
+from rag.config import Settings
 from rag.prompts import load_prompts
 from rag.retrieval import SearchOptions, retrieve
 from rag.services import Services, open_services
-from rag.settings import Settings
-from rag.uploads import UploadRejected, store_upload
+from rag.ui.uploads import UploadRejected, store_upload
 from tests.conftest import make_settings, run_rag, write_files
-from tests.fake_openai import FakeServer, serve
+from tests.support.fake_openai import FakeServer, serve
 
 HOSTILE_FILTERS = [
     'x" or source != "',

@@ -1,0 +1,131 @@
+"""`rag sources`, `rag remove`, `rag collections`, `rag drop`: see and prune what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from rag.cli.app import CollectionOption, app, console, errors, run_async, settings_or_exit
+
+if TYPE_CHECKING:
+    from rag.store.catalog import Removal, SourceInfo
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(count)  # pragma: no cover
+
+
+@app.command()
+def sources(collection: CollectionOption = None, as_json: JsonOption = False) -> None:
+    """List the ingested files with chunk count, hash, size and ingest time (read from Milvus)."""
+    from rag.services import open_services
+    from rag.store.catalog import list_sources
+
+    settings = settings_or_exit(collection=collection)
+
+    async def go() -> list[SourceInfo]:
+        services = await open_services(settings)
+        return await list_sources(services.store)
+
+    found = run_async(go)
+    if as_json:
+        print(json.dumps([s.to_dict() for s in found], ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"{len(found)} files in {settings.collection}")
+    for column in ("source", "chunks", "size", "sha256", "ingested at"):
+        table.add_column(
+            column,
+            justify="right" if column in ("chunks", "size") else "left",
+            overflow="fold",
+        )
+    for info in found:
+        chunks = str(info.chunks)
+        if not info.complete:
+            chunks += f" of {info.expected_chunks} (incomplete: ingest again)"
+        table.add_row(
+            Text(info.source), chunks, _size(info.file_size), info.file_hash[:12], info.ingested_at
+        )
+    console.print(table)
+
+
+@app.command()
+def remove(
+    patterns: Annotated[
+        list[str], typer.Argument(help="Stored path, folder or glob (e.g. 'old/*.pdf').")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", "-n", help="Show what would go; delete nothing.")
+    ] = False,
+    collection: CollectionOption = None,
+) -> None:
+    """Remove the chunks of some ingested files from the collection."""
+    from rag.services import open_services
+    from rag.store.catalog import remove_sources
+
+    settings = settings_or_exit(collection=collection)
+
+    async def go() -> Removal:
+        services = await open_services(settings)
+        return await remove_sources(services.store, patterns, dry_run=dry_run)
+
+    removal = run_async(go)
+    if not removal.sources:
+        errors.print(f"nothing matches {' '.join(patterns)} (see `rag sources`)", highlight=False)
+        raise typer.Exit(1)
+    verb = "would remove" if dry_run else "removed"
+    for info in removal.sources:
+        console.print(Text(f"  {info.source} ({info.chunks} chunks)"))
+    console.print(f"{verb} {removal.rows} rows from {len(removal.sources)} files", highlight=False)
+
+
+@app.command("collections")
+def list_collections_command(as_json: JsonOption = False) -> None:
+    """List the collections on the configured Milvus with model, dimension and rows."""
+    from rag.store.milvus import list_collections
+
+    settings = settings_or_exit()
+    found = run_async(lambda: asyncio.to_thread(list_collections, settings))
+    if as_json:
+        print(json.dumps([c.to_dict() for c in found], indent=2))
+        return
+    table = Table(title=f"Collections at {settings.milvus_uri}")
+    for column in ("name", "rows", "embedding model", "dim", "bm25"):
+        table.add_column(column)
+    for info in found:
+        ident = info.identity
+        table.add_row(
+            Text(info.name + (" (default)" if info.name == settings.collection else "")),
+            str(info.rows),
+            Text(ident.embedding_model) if ident else Text("not created by rag", style="dim"),
+            str(ident.dimension) if ident else "",
+            ("yes" if ident.bm25 else "no") if ident else "",
+        )
+    console.print(table)
+
+
+@app.command()
+def drop(
+    name: Annotated[str, typer.Argument(help="Collection to delete, with all its rows.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a whole collection (asks first unless --yes)."""
+    from rag.store.milvus import drop_collection
+
+    settings = settings_or_exit()
+    if not yes and not typer.confirm(f"Delete collection {name!r} and all its rows?"):
+        errors.print("nothing deleted")
+        raise typer.Exit(1)
+    rows = run_async(lambda: asyncio.to_thread(drop_collection, settings, name))
+    console.print(f"dropped {name!r} ({rows} rows)", highlight=False)

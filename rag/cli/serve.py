@@ -1,0 +1,75 @@
+"""`rag ui` (the chat, with the bundled model when no endpoint is set) and `rag bench`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rag.cli.app import CollectionOption, app, console, errors, fail, settings_or_exit
+from rag.config import SQLITE_PREFIX
+from rag.errors import RagError
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the chat UI.")] = 8000,
+    collection: CollectionOption = None,
+) -> None:
+    """Start the chat UI (and the bundled local model when no LLM endpoint is configured)."""
+    import os
+    import subprocess
+
+    from rag.local.server import LocalLLMServer
+    from rag.ui.welcome import PROJECT_ROOT, prepare_app_root
+
+    settings = settings_or_exit(collection=collection)
+    env = dict(os.environ) | settings.to_env()
+    # Chainlit runs from the app root (where chainlit.md is): pin relative paths first.
+    if settings.milvus_is_local:
+        env["RAG_MILVUS_URI"] = str(settings.milvus_path.resolve())
+    if (db_path := settings.database_path) is not None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        env["RAG_DATABASE_URL"] = f"{SQLITE_PREFIX}{db_path.resolve()}"
+    env["RAG_UPLOAD_DIR"] = str(Path(settings.upload_dir).resolve())
+    app_root = prepare_app_root(Path(settings.ui_dir))
+    env["CHAINLIT_APP_ROOT"] = str(app_root)
+    server: LocalLLMServer | None = None
+    try:
+        if not settings.llm_base_url:
+            server = LocalLLMServer(settings.local_llm, port=settings.llm_local_port)
+            console.print(f"starting the bundled chat model {server.model.title}…")
+            try:
+                env["RAG_LLM_BASE_URL"] = server.start()
+            except RagError as error:
+                raise fail(error) from None
+            env["RAG_LLM_MODEL"] = server.name
+        console.print(f"[bold green]chat UI:[/] http://{host}:{port}", highlight=False)
+        target = str(PROJECT_ROOT / "rag" / "ui" / "chat.py")
+        command = [sys.executable, "-m", "chainlit", "run", target,
+                   "--headless", "--host", host, "--port", str(port)]  # fmt: skip
+        raise typer.Exit(subprocess.call(command, env=env, cwd=env["CHAINLIT_APP_ROOT"]))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small sizes: a few minutes on 2 cores.")] = False,
+) -> None:
+    """Run the benchmarks in bench/ side by side and write bench/results/."""
+    import subprocess
+
+    from rag.ui.welcome import PROJECT_ROOT
+
+    if not (PROJECT_ROOT / "bench").is_dir():
+        errors.print("[bold red]error[/]: bench/ is only in a source checkout of the project")
+        raise typer.Exit(2)
+    command = [sys.executable, "-m", "bench", *(["--quick"] if quick else [])]
+    raise typer.Exit(subprocess.call(command, cwd=PROJECT_ROOT))

@@ -1,0 +1,1 @@
+"""`rag eval`: gold questions, retrieval and answer metrics, reports."""

@@ -1,0 +1,1 @@
+"""The Chainlit chat: thin handlers over `rag.app`, uploads and the welcome page."""

@@ -1,0 +1,406 @@
+"""The Chainlit chat: a thin layer of handlers over `rag.app` and `ingest`.
+
+Run through `rag ui` (which starts the local model when no endpoint is set), or
+directly with `chainlit run rag/ui/chat.py`. Chainlit APIs used here were read
+from chainlit 2.12's `callbacks.py` / `message.py`: side elements whose name
+appears in the message text become clickable, which is how [n] links to a source.
+
+With RAG_DATABASE_URL set (the default is a SQLite file), conversations and
+feedback are kept by Chainlit's SQLAlchemy data layer (`rag.history`): signed-in
+users see their past chats in the sidebar and can resume one with its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import chainlit as cl
+from chainlit.data import get_data_layer
+from chainlit.data.base import BaseDataLayer
+from chainlit.input_widget import InputWidget, Select, Slider, Switch
+from chainlit.types import ThreadDict
+
+from ingest.pipeline import UPLOADS_PREFIX, ingest_path
+from rag.app import Assistant, open_assistant
+from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
+from rag.choices import SEARCH_LABELS, SearchMode
+from rag.config import get_settings
+from rag.errors import RagError
+from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
+from rag.retrieval import Hit, SearchOptions
+from rag.ui.uploads import store_upload
+from rag.ui.welcome import describe_search, load_starters, render_welcome, write_welcome
+
+log = logging.getLogger(__name__)
+ALL_SOURCES = "All documents"
+KEPT_TURNS = 12  # (question, answer) entries kept per session; the chain uses the last few
+TINY_NOTE = (
+    "\n\n_Answered by a tiny offline model: often wrong. Set RAG_LOCAL_LLM to a larger "
+    "bundled model, or RAG_LLM_BASE_URL to an endpoint, for better answers._"
+)
+
+_stack = AsyncExitStack()
+_assistant: Assistant | None = None
+_lock = asyncio.Lock()
+_background: set[asyncio.Task[Any]] = set()
+_history_task: asyncio.Task[Any] | None = None
+
+
+async def assistant() -> Assistant:
+    """The process-wide assistant, opened on first use and retried after a failure.
+
+    Opening it connects to Milvus; when Milvus is down the chat says so and the
+    next message tries again, so the UI recovers without a restart. The welcome
+    page is rendered whenever it opens, so it also recovers.
+    """
+    global _assistant
+    async with _lock:
+        if _assistant is None:
+            helper = await _stack.enter_async_context(open_assistant(get_settings()))
+            _assistant = helper
+            # Everything loaded so far (models, clients, Chainlit) lives as long as the
+            # process: moving it out of the collector's reach shortened the longest
+            # event-loop stall at 50 concurrent chats from ~350 ms to ~70 ms
+            # (bench/results/serving.md), and with it every chat's first token.
+            gc.collect()
+            gc.freeze()
+            try:
+                await refresh_welcome(helper)
+            except Exception:  # the welcome page is a convenience; answering comes first
+                log.exception("could not write the welcome page")
+        return _assistant
+
+
+def _unreachable(error: RagError, then: str) -> str:
+    return f"⚠️ I can't answer yet: {error}. {then}"
+
+
+async def refresh_welcome(helper: Assistant, sources: list[str] | None = None) -> None:
+    """Render chainlit.md in the runtime app root with the collection's current contents."""
+    from chainlit.config import APP_ROOT
+
+    from rag.embeddings import embedding_identity
+
+    if sources is None:
+        sources = await _source_names(helper)
+    models = (
+        f"**{helper.llm_label}**; passages are found with the "
+        f"**{embedding_identity(helper.services.settings)[0]}** embedding model"
+    )
+    search = describe_search(helper.default_options().mode, helper.services.store.bm25_unavailable)
+    text = render_welcome(helper.services.store.collection_name, models, sources, search)
+    await asyncio.to_thread(write_welcome, Path(APP_ROOT), text)
+
+
+async def _warm_up() -> None:
+    # Open Milvus and the models before the first visitor; if that fails the chat
+    # reports it and retries on the next message.
+    with contextlib.suppress(RagError):
+        await assistant()
+
+
+def _remember(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    _background.add(task)  # a task nobody references can be garbage-collected mid-run
+    task.add_done_callback(_background.discard)
+    return task
+
+
+@cl.on_app_startup
+async def _startup() -> None:
+    global _history_task
+    # Awaited: the tables must exist before the first answer is saved (milliseconds when
+    # the database is up; a few seconds of connect timeout when it is down).
+    _history_task = _remember(asyncio.create_task(_history_ready()))
+    await _history_task
+    # In the background, so the UI answers at once even while Milvus is slow or down.
+    _remember(asyncio.create_task(_warm_up()))
+
+
+@cl.on_app_shutdown
+async def _shutdown() -> None:
+    for task in list(_background):
+        task.cancel()
+    await _stack.aclose()
+
+
+_database_url = get_settings().database_url
+if _database_url:
+
+    @cl.data_layer
+    def _data_layer() -> BaseDataLayer:
+        return HistoryDataLayer(_database_url)
+
+
+async def _history_ready() -> None:
+    """Create the history tables once; if the database is down, say so and retry later."""
+    layer = get_data_layer() if _database_url else None
+    if not isinstance(layer, HistoryDataLayer) or layer.schema_ready:
+        return
+    try:
+        await layer.ensure_schema()
+    except RagError as error:
+        log.error("%s; chat history is not saved until it is reachable", error)
+
+
+def _retry_history() -> None:
+    """If the tables could not be made at start, try again in the background (never waited on)."""
+    global _history_task
+    if _history_task is None or _history_task.done():
+        _history_task = _remember(asyncio.create_task(_history_ready()))
+
+
+def _users() -> dict[str, str]:
+    secret = get_settings().ui_users
+    if secret is None:
+        return {}
+    pairs = (p.split(":", 1) for p in secret.get_secret_value().split(",") if ":" in p)
+    return {user.strip(): password for user, password in pairs}
+
+
+if _users():
+
+    @cl.password_auth_callback
+    def _login(username: str, password: str) -> cl.User | None:
+        import hmac
+
+        expected = _users().get(username)
+        if expected is not None and hmac.compare_digest(expected, password):
+            return cl.User(identifier=username, metadata={"provider": "password"})
+        return None
+
+
+@cl.set_starters
+async def _starters(user: cl.User | None = None, language: str | None = None) -> list[cl.Starter]:
+    return [cl.Starter(label=label, message=text) for label, text in load_starters()]
+
+
+async def _source_names(helper: Assistant) -> list[str]:
+    from rag.store.records import stored_sources
+
+    try:
+        return sorted(await stored_sources(helper.services.store))
+    except Exception:  # the filter list is a convenience; the chat works without it
+        return []
+
+
+async def _assistant_or_say_why() -> Assistant | None:
+    """The shared assistant, or None after telling the user what is down."""
+    try:
+        return await assistant()
+    except RagError as error:
+        await cl.Message(
+            content=_unreachable(error, "I'll try again with your next message.")
+        ).send()
+        return None
+
+
+@cl.on_chat_start
+async def _start() -> None:
+    cl.user_session.set("history", [])
+    _retry_history()
+    helper = await _assistant_or_say_why()
+    if helper is not None:
+        await _ready_session(helper)
+
+
+@cl.on_chat_resume
+async def _resume(thread: ThreadDict) -> None:
+    """Reopen a past conversation: its questions and answers become the chat's memory again."""
+    turns = turns_from_steps(list(thread.get("steps") or []))
+    cl.user_session.set("history", turns[-KEPT_TURNS:])
+    helper = await _assistant_or_say_why()
+    if helper is not None:
+        # Chainlit restored the thread's last chat settings into the session.
+        await _ready_session(helper, cl.context.session.chat_settings or {})
+
+
+async def _ready_session(helper: Assistant, values: dict[str, Any] | None = None) -> None:
+    """Search options (defaults, or the given settings values) and the settings panel."""
+    cl.user_session.set("options", options_from(values or {}, helper.default_options()))
+    await send_settings(helper)
+
+
+# The settings panel shows labels and reads the mode back from the label chosen.
+MODE_OF_LABEL: dict[str, SearchMode] = {label: mode for mode, label in SEARCH_LABELS.items()}
+
+
+def settings_widgets(
+    options: SearchOptions, sources: list[str], *, lexical: bool = True
+) -> list[InputWidget]:
+    """The chat settings panel; each widget's id is a key read by `options_from`.
+
+    ``lexical`` is False where this Milvus has no BM25: only dense search is offered.
+    """
+    chosen = options.sources[0] if options.sources else ALL_SOURCES
+    modes = [label for mode, label in SEARCH_LABELS.items() if lexical or mode == "dense"]
+    current = SEARCH_LABELS.get(options.mode, modes[0])
+    current = current if current in modes else modes[0]
+    return [
+        Slider(id="k", label="Passages (top-k)", initial=options.k, min=1, max=12, step=1),
+        Switch(id="mmr", label="Diversify passages (MMR)", initial=options.mmr),
+        Select(id="search", label="Search by", values=modes, initial_value=current),
+        Select(id="source", label="Only this document", values=[ALL_SOURCES, *sources],
+               initial_value=chosen if chosen in sources else ALL_SOURCES),
+    ]  # fmt: skip
+
+
+def options_from(values: dict[str, Any], options: SearchOptions) -> SearchOptions:
+    """``options`` updated with the settings panel's values (missing keys keep theirs)."""
+    source = values.get("source", options.sources[0] if options.sources else ALL_SOURCES)
+    return replace(
+        options,
+        k=int(values.get("k", options.k)),
+        mmr=bool(values.get("mmr", options.mmr)),
+        mode=MODE_OF_LABEL.get(str(values.get("search")), options.mode),
+        sources=() if not source or source == ALL_SOURCES else (str(source),),
+    )
+
+
+async def send_settings(helper: Assistant, sources: list[str] | None = None) -> None:
+    """The settings panel, with the current options and the documents to filter by."""
+    options: SearchOptions = cl.user_session.get("options") or helper.default_options()
+    if sources is None:
+        sources = await _source_names(helper)
+    lexical = not helper.services.store.bm25_unavailable
+    await cl.ChatSettings(settings_widgets(options, sources, lexical=lexical)).send()
+
+
+@cl.on_settings_update
+async def _settings(values: dict[str, Any]) -> None:
+    options: SearchOptions = cl.user_session.get("options") or SearchOptions()
+    cl.user_session.set("options", options_from(values, options))
+
+
+async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
+    settings = helper.services.settings
+    async with cl.Step(name="Adding your files", type="tool") as step:
+        lines = []
+        for element in elements:
+            if not getattr(element, "path", None):
+                continue
+            try:
+                stored = await asyncio.to_thread(
+                    store_upload,
+                    Path(settings.upload_dir),
+                    element.name,
+                    Path(element.path),
+                    int(settings.upload_max_mb * 1024 * 1024),
+                )
+                # Stored as uploads/<name>, which folder ingests never remove.
+                report = await ingest_path(
+                    stored, helper.services.store, settings, source_prefix=UPLOADS_PREFIX
+                )
+                outcome = report.outcomes[0] if report.outcomes else None
+                if outcome and outcome.status == "failed":
+                    lines.append(f"❌ {element.name}: {outcome.reason}")
+                else:
+                    count = report.chunks_written
+                    noun = "passage" if count == 1 else "passages"
+                    lines.append(f"✅ {stored.name}: {count} {noun} added")
+            except RagError as error:
+                lines.append(f"❌ {error}")
+        step.output = "\n".join(lines) or "No files received."
+    await cl.Message(content="\n".join(lines)).send()
+    # One listing of the collection serves both the welcome page and the filter.
+    sources = await _source_names(helper)
+    await refresh_welcome(helper, sources)
+    await send_settings(helper, sources)  # the new file joins the document filter
+
+
+def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
+    names = [f"[{n}] {hit.label()}" for n, hit in enumerate(hits, 1)]
+    elements = [
+        cl.Text(name=name, content=hit.document.page_content, display="side")
+        for name, hit in zip(names, hits, strict=True)
+    ]
+    return "\n".join(
+        f"- {name} (score {h.score:.2f})" for name, h in zip(names, hits, strict=True)
+    ), elements
+
+
+def _answer_record(question_id: str, answer: Answer) -> dict[str, Any]:
+    """What the stored answer carries for resuming and `rag feedback`: the question, the
+    answer without its sources listing, and the sources with their passages."""
+    data = answer.to_dict()
+    return {
+        "question_id": question_id,
+        "question": data["question"],
+        "standalone": data["standalone_question"],
+        "answer": data["answer"],
+        "answered": data["answered"],
+        "cited": data["cited"],
+        "sources": data["sources"],
+    }
+
+
+@cl.on_message
+async def _message(message: cl.Message) -> None:
+    try:
+        helper = await assistant()
+    except RagError as error:
+        await cl.Message(content=_unreachable(error, "Try again once it is back.")).send()
+        return
+    if not isinstance(cl.user_session.get("options"), SearchOptions):
+        await _ready_session(helper)  # Milvus was down when the chat started
+    if message.elements:
+        await _ingest_uploads(helper, list(message.elements))
+    question = message.content.strip()
+    if not question:
+        return
+    # (message id, role, text); an edited question replaces its turn and everything after.
+    turns: list[tuple[str, str, str]] = cl.user_session.get("history") or []
+    ids = [turn[0] for turn in turns]
+    if message.id in ids:
+        turns = turns[: ids.index(message.id)]
+    history = [(role, text) for _, role, text in turns]
+    options: SearchOptions = cl.user_session.get("options") or helper.default_options()
+    reply = cl.Message(content="")
+    started = time.perf_counter()
+    try:
+        # show_input=False: the output already shows the stand-alone question.
+        async with cl.Step(name="Retrieval", type="retrieval", show_input=False) as step:
+            events = helper.chain.astream(question, history, options)
+            async for event in events:
+                if isinstance(event, Condensed):
+                    step.input = event.question
+                elif isinstance(event, Retrieved):
+                    rows = [
+                        f"{n}. {h.label()} — score {h.score:.3f}"
+                        for n, h in enumerate(event.hits, 1)
+                    ]
+                    step.output = (
+                        f"Stand-alone question: {step.input}\n\n" + "\n".join(rows)
+                        + f"\n\n{event.seconds * 1000:.0f} ms"
+                    )  # fmt: skip
+                    break
+        async for event in events:
+            if isinstance(event, Token):
+                await reply.stream_token(event.text)
+            elif isinstance(event, Answer):
+                listing, elements = _elements(event.hits)
+                title = "Sources" if event.answered else "Closest passages"
+                reply.content = (
+                    f"{event.text}\n\n**{title}**\n{listing}" if event.hits else event.text
+                ) + (TINY_NOTE if helper.tiny and event.answered else "")
+                reply.elements = elements  # type: ignore[assignment]
+                reply.metadata = {META_KEY: _answer_record(message.id, event)}
+                turns += [(message.id, "user", question), (message.id, "assistant", event.text)]
+                cl.user_session.set("history", turns[-KEPT_TURNS:])
+    except AnswerInterrupted as error:
+        reply.content = f"{error.partial}\n\n⚠️ {error}"
+    except RagError as error:
+        reply.content = (reply.content + "\n\n" if reply.content else "") + f"⚠️ {error}"
+    except Exception as error:  # never leave a question without a reply
+        log.exception("unexpected error while answering")
+        reply.content = f"⚠️ something went wrong ({type(error).__name__}); please try again."
+    log.info("answered in %.2f s", time.perf_counter() - started)
+    with contextlib.suppress(Exception):
+        await reply.send()

@@ -1,0 +1,146 @@
+"""`rag sources`, `rag remove`, `rag collections`, `rag drop` on Milvus Lite, as a user runs them.
+
+The server paths (milvus-lite server, Milvus standalone) are covered in
+tests/rag/test_server_path.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RAG_BIN, SAMPLE_DOCS, cli_env, run_rag
+
+COPIED = ["onboarding_guide.md", "it_helpdesk_guide.txt", "price_list_2025.pdf"]
+
+
+@dataclass
+class Workspace:
+    folder: Path
+    workdir: Path
+    env: dict[str, str]
+
+    def rag(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+        result = run_rag(*args, cwd=self.workdir, timeout=timeout, **self.env)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.returncode, result.stdout, result.stderr
+
+    def sources(self) -> dict[str, dict[str, object]]:
+        code, out, err = self.rag("sources", "--json")
+        assert code == 0, err
+        return {entry["source"]: entry for entry in json.loads(out)}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    workdir = tmp_path_factory.mktemp("collections")
+    folder = workdir / "docs"
+    folder.mkdir()
+    for name in COPIED:
+        shutil.copy(SAMPLE_DOCS / name, folder / name)
+    env = {"RAG_MILVUS_URI": str(workdir / "milvus.db"), "RAG_COLLECTION": "team_docs"}
+    space = Workspace(folder, workdir, env)
+    code, _, err = space.rag("ingest", str(folder), timeout=240)
+    assert code == 0, err
+    return space
+
+
+def test_sources_come_from_milvus_with_hash_size_and_time(workspace: Workspace) -> None:
+    listed = workspace.sources()
+    assert set(listed) == set(COPIED)
+    for name, entry in listed.items():
+        data = (workspace.folder / name).read_bytes()
+        assert entry["file_hash"] == hashlib.sha256(data).hexdigest()
+        assert entry["file_size"] == len(data)
+        assert entry["chunks"] == entry["expected_chunks"] > 0
+        assert entry["complete"] is True
+        assert datetime.fromisoformat(str(entry["ingested_at"])).tzinfo is not None
+
+    code, table, _ = workspace.rag("sources")
+    assert code == 0
+    assert "3 files in team_docs" in table
+    assert all(name in table for name in COPIED)
+
+
+def test_collections_lists_model_dimension_and_rows(workspace: Workspace) -> None:
+    code, out, err = workspace.rag("collections", "--json")
+    assert code == 0, err
+    (info,) = [c for c in json.loads(out) if c["name"] == "team_docs"]
+    assert info["dimension"] == 384
+    assert "MiniLM" in info["embedding_model"]
+    assert info["bm25"] is True, "Milvus Lite builds collections with a BM25 field"
+    assert info["rows"] == sum(int(e["chunks"]) for e in workspace.sources().values())
+
+
+def test_remove_dry_run_then_remove_then_reingest(workspace: Workspace) -> None:
+    before = workspace.sources()
+    pdf_rows = int(before["price_list_2025.pdf"]["chunks"])
+
+    code, out, _ = workspace.rag("remove", "*.pdf", "--dry-run")
+    assert code == 0
+    assert f"would remove {pdf_rows} rows from 1 files" in out
+    assert workspace.sources() == before, "a dry run deletes nothing"
+
+    code, out, _ = workspace.rag("remove", "*.pdf")
+    assert code == 0
+    assert f"removed {pdf_rows} rows from 1 files" in out
+    after = workspace.sources()
+    assert set(after) == set(COPIED) - {"price_list_2025.pdf"}
+    assert after == {k: v for k, v in before.items() if k != "price_list_2025.pdf"}
+
+    code, out, _ = workspace.rag("search", "price of the Heron", "-k", "10")
+    assert code == 0 and "price_list_2025.pdf" not in out
+
+    # Ingesting the folder again puts back only what was removed.
+    code, out, err = workspace.rag("ingest", str(workspace.folder), timeout=240)
+    assert code == 0, err
+    assert "added: price_list_2025.pdf" in out
+    assert workspace.sources().keys() == before.keys()
+
+
+@pytest.mark.parametrize("pattern", ['x" or source != "', "nothing-here.md", "*.docx"])
+def test_remove_without_a_match_deletes_nothing(workspace: Workspace, pattern: str) -> None:
+    before = workspace.sources()
+    code, _, err = workspace.rag("remove", pattern)
+    assert code == 1
+    assert "nothing matches" in err
+    assert workspace.sources() == before
+
+
+def test_drop_asks_first_and_refuses_unknown_names(workspace: Workspace) -> None:
+    other = dict(workspace.env, RAG_COLLECTION="scratch")
+    result = run_rag(
+        "ingest", str(workspace.folder / "onboarding_guide.md"), cwd=workspace.workdir, **other
+    )
+    assert result.returncode == 0, result.stderr
+    code, out, _ = workspace.rag("collections")
+    assert "scratch" in out and "team_docs (default)" in out
+
+    refused = subprocess.run(
+        [str(RAG_BIN), "drop", "scratch"],
+        input="n\n",
+        cwd=workspace.workdir,
+        env=cli_env(**workspace.env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1 and "nothing deleted" in refused.stderr
+    code, out, _ = workspace.rag("collections", "--json")
+    assert "scratch" in {c["name"] for c in json.loads(out)}
+
+    code, out, _ = workspace.rag("drop", "scratch", "--yes")
+    assert code == 0 and "dropped 'scratch'" in out
+    code, out, _ = workspace.rag("collections", "--json")
+    assert {c["name"] for c in json.loads(out)} == {"team_docs"}
+
+    code, _, err = workspace.rag("drop", "scratch", "--yes")
+    assert code == 2 and "no collection named 'scratch'" in err

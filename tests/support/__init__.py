@@ -1,0 +1,1 @@
+"""Fakes and throwaway servers shared by the tests and bench/."""

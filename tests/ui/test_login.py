@@ -1,0 +1,65 @@
+"""With users configured, the chat is unreachable until signed in; without, it is open."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.ui.test_chat_ui import RAG_BIN, _free_port, _stop_group, _wait_http
+
+
+@contextlib.contextmanager
+def running_ui(tmp_path: Path, extra: dict[str, str]) -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "CHAINLIT_"))}
+    env |= {
+        "RAG_MILVUS_URI": str(tmp_path / "m.db"),
+        "RAG_UI_DIR": str(tmp_path / "ui"),
+        "RAG_UPLOAD_DIR": str(tmp_path / "uploads"),
+        # No question is asked here: a closed port is enough and starts nothing.
+        "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1",
+        **extra,
+    }
+    log = tmp_path / "ui.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/auth/config", process, log, timeout=60)
+        yield base
+    finally:
+        _stop_group(process)
+
+
+@pytest.mark.timeout(120)
+def test_login_is_required_when_users_are_configured(tmp_path: Path) -> None:
+    users = {"RAG_UI_USERS": "alice:s3cret,bob:hunter2", "CHAINLIT_AUTH_SECRET": "x" * 40}
+    with running_ui(tmp_path, users) as base:
+        config = httpx.get(f"{base}/auth/config").json()
+        assert config["requireLogin"] is True and config["passwordAuth"] is True
+        assert httpx.get(f"{base}/user").status_code == 401
+        wrong = httpx.post(f"{base}/login", data={"username": "alice", "password": "nope"})
+        assert wrong.status_code == 401
+        unknown = httpx.post(f"{base}/login", data={"username": "eve", "password": "s3cret"})
+        assert unknown.status_code == 401
+        with httpx.Client(base_url=base) as client:
+            ok = client.post("/login", data={"username": "alice", "password": "s3cret"})
+            assert ok.status_code == 200, ok.text
+            me = client.get("/user")
+            assert me.status_code == 200 and me.json()["identifier"] == "alice"
+
+
+@pytest.mark.timeout(120)
+def test_chat_is_open_without_users(tmp_path: Path) -> None:
+    with running_ui(tmp_path, {}) as base:
+        config = httpx.get(f"{base}/auth/config").json()
+        assert not config["requireLogin"] and config["passwordAuth"] is False
