@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.auth import parse_users
 from rag.choices import (
     BUNDLED_CONTEXT_CHARS,
     DEFAULT_MIN_QUOTE_SCORE,
@@ -143,7 +144,9 @@ class Settings(BaseSettings):
 
     # --- chat UI ------------------------------------------------------------
     ui_users: SecretStr | None = Field(
-        None, description="user:password pairs separated by commas; enables login."
+        None,
+        description="user:password pairs separated by commas (a password may be an argon2 "
+        "hash from `rag passwd`); enables login.",
     )
     upload_dir: str = Field("./data/uploads", description="Where chat uploads are kept.")
     ui_dir: str = Field("./data/ui", description="Runtime folder of the chat UI.")
@@ -192,6 +195,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("ui_users")
+    @classmethod
+    def _valid_users(cls, value: SecretStr | None) -> SecretStr | None:
+        """Fail closed: a list that parsed into no users would start the chat with no login."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_users(value.get_secret_value())
+        return value
+
     @field_validator("local_llm")
     @classmethod
     def _known_local_model(cls, value: str) -> str:
@@ -217,6 +229,11 @@ class Settings(BaseSettings):
                 f"RAG_CHUNK_SIZE ({self.chunk_size})"
             )
         return self
+
+    @property
+    def login_users(self) -> dict[str, str]:
+        """Who may sign in to the chat (user → password or argon2 hash); empty: no login."""
+        return parse_users(self.ui_users.get_secret_value()) if self.ui_users else {}
 
     @property
     def milvus_is_local(self) -> bool:

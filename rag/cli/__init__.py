@@ -12,6 +12,7 @@ from rag.cli import (  # noqa: F401  (each registers its commands on `app`)
     evaluate,
     feedback,
     ingest_folder,
+    passwd,
     serve,
 )
 from rag.cli.app import app

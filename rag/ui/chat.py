@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -30,10 +31,11 @@ from chainlit.types import ThreadDict
 
 from ingest.pipeline import UPLOADS_PREFIX, ingest_path
 from rag.app import Assistant, open_assistant
+from rag.auth import AUTH_SECRET_VARIABLE, auth_secret_problem, verify
 from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
 from rag.choices import SEARCH_LABELS, SearchMode
 from rag.config import get_settings
-from rag.errors import RagError
+from rag.errors import ConfigError, RagError
 from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
 from rag.retrieval import Hit, SearchOptions
 from rag.ui.uploads import store_upload
@@ -157,22 +159,16 @@ def _retry_history() -> None:
         _history_task = _remember(asyncio.create_task(_history_ready()))
 
 
-def _users() -> dict[str, str]:
-    secret = get_settings().ui_users
-    if secret is None:
-        return {}
-    pairs = (p.split(":", 1) for p in secret.get_secret_value().split(",") if ":" in p)
-    return {user.strip(): password for user, password in pairs}
-
-
-if _users():
+# Settings validation has already refused a malformed RAG_UI_USERS (rag.auth): an empty
+# list here means no login was asked for, never a list that failed to parse.
+if _USERS := get_settings().login_users:
+    if problem := auth_secret_problem(os.environ.get(AUTH_SECRET_VARIABLE)):
+        raise ConfigError(problem)
 
     @cl.password_auth_callback
     def _login(username: str, password: str) -> cl.User | None:
-        import hmac
-
-        expected = _users().get(username)
-        if expected is not None and hmac.compare_digest(expected, password):
+        stored = _USERS.get(username)
+        if stored is not None and verify(stored, password):
             return cl.User(identifier=username, metadata={"provider": "password"})
         return None
 

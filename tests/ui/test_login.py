@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rag.auth import hash_password
+from tests.conftest import run_rag
 from tests.ui.test_chat_ui import RAG_BIN, _free_port, _stop_group, _wait_http
 
 
@@ -42,7 +44,11 @@ def running_ui(tmp_path: Path, extra: dict[str, str]) -> Iterator[str]:
 
 @pytest.mark.timeout(120)
 def test_login_is_required_when_users_are_configured(tmp_path: Path) -> None:
-    users = {"RAG_UI_USERS": "alice:s3cret,bob:hunter2", "CHAINLIT_AUTH_SECRET": "x" * 40}
+    # bob's password is stored as an argon2 hash (`rag passwd`), alice's in plain text.
+    users = {
+        "RAG_UI_USERS": f"alice:s3cret,bob:{hash_password('hunter2')}",
+        "CHAINLIT_AUTH_SECRET": "x" * 40,
+    }
     with running_ui(tmp_path, users) as base:
         config = httpx.get(f"{base}/auth/config").json()
         assert config["requireLogin"] is True and config["passwordAuth"] is True
@@ -56,6 +62,12 @@ def test_login_is_required_when_users_are_configured(tmp_path: Path) -> None:
             assert ok.status_code == 200, ok.text
             me = client.get("/user")
             assert me.status_code == 200 and me.json()["identifier"] == "alice"
+        hashed_wrong = httpx.post(f"{base}/login", data={"username": "bob", "password": "hunter3"})
+        assert hashed_wrong.status_code == 401
+        with httpx.Client(base_url=base) as client:
+            ok = client.post("/login", data={"username": "bob", "password": "hunter2"})
+            assert ok.status_code == 200, ok.text
+            assert client.get("/user").json()["identifier"] == "bob"
 
 
 @pytest.mark.timeout(120)
@@ -63,3 +75,27 @@ def test_chat_is_open_without_users(tmp_path: Path) -> None:
     with running_ui(tmp_path, {}) as base:
         config = httpx.get(f"{base}/auth/config").json()
         assert not config["requireLogin"] and config["passwordAuth"] is False
+
+
+@pytest.mark.parametrize("users", ["alice", "alice:", ":pw", "alice:pw,,bob:x"])
+def test_malformed_users_stop_rag_ui_with_one_line(tmp_path: Path, users: str) -> None:
+    """Never a chat without login because the user list did not parse."""
+    done = run_rag(
+        "ui", "--port", str(_free_port()), cwd=tmp_path, timeout=60,
+        RAG_UI_USERS=users, RAG_MILVUS_URI=str(tmp_path / "m.db"),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RAG_UI_USERS" in lines[0], done.stderr
+    assert "chat UI:" not in done.stdout
+
+
+def test_login_without_an_auth_secret_stops_rag_ui(tmp_path: Path) -> None:
+    done = run_rag(
+        "ui", "--port", str(_free_port()), cwd=tmp_path, timeout=60,
+        RAG_UI_USERS="alice:s3cret", RAG_MILVUS_URI=str(tmp_path / "m.db"),
+        RAG_LLM_BASE_URL=f"http://127.0.0.1:{_free_port()}/v1",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "CHAINLIT_AUTH_SECRET is not set" in done.stderr
+    assert "chat UI:" not in done.stdout

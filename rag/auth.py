@@ -1,0 +1,102 @@
+"""Who may sign in to the chat: the `RAG_UI_USERS` list, parsed so that it fails closed.
+
+A malformed entry must stop the start: a list that parsed into no users would start the
+chat with no login at all, silently. Passwords may be written as argon2 hashes (`rag passwd`
+prints one), so no plain password has to sit in `.env`; plain ones keep working and are
+compared in constant time. argon2-cffi is the reference binding of the password-hashing
+competition's winner and is kept up to date; its ``PasswordHasher`` defaults are the
+RFC 9106 low-memory profile.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+ARGON2_PREFIX = "$argon2"
+AUTH_SECRET_VARIABLE = "CHAINLIT_AUTH_SECRET"
+# Chainlit signs its session tokens with this secret (HS256): short ones are guessable.
+MIN_AUTH_SECRET = 32
+_NAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
+# An argon2 hash holds commas of its own ($m=65536,t=3,p=4$): entries split around them.
+_ARGON2 = re.compile(r"\$argon2(?:id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+")
+_hasher = PasswordHasher()
+
+
+def parse_users(text: str) -> dict[str, str]:
+    """``user:password`` (or ``user:$argon2id$…``) entries separated by commas.
+
+    Raises ValueError naming the entry by its position (never its password) for an entry
+    without ``:``, an empty user or password, a name with odd characters, an empty entry
+    (``a:x,,b:y``) or a user listed twice.
+    """
+    users: dict[str, str] = {}
+    hashes = _ARGON2.findall(text)
+    protected = _ARGON2.sub("\0", text)
+    for number, raw in enumerate(protected.split(","), 1):
+        where = f"entry {number}"
+        entry = raw.strip()
+        if "\0" in entry:
+            entry = entry.replace("\0", hashes.pop(0), 1)
+        if not entry:
+            raise ValueError(f"{where} is empty (write user:password, separated by commas)")
+        if ":" not in entry:
+            raise ValueError(f"{where} has no ':' (write user:password)")
+        user, password = entry.split(":", 1)
+        user = user.strip()
+        if not user:
+            raise ValueError(f"{where} has an empty user name")
+        if not _NAME.fullmatch(user):
+            raise ValueError(
+                f"{where}: user names are 1-64 letters, digits or . _ @ + - (got {user!r})"
+            )
+        if not password:
+            raise ValueError(f"{where} ({user}) has an empty password")
+        if password.startswith(ARGON2_PREFIX):
+            _check_hash(password, f"{where} ({user})")
+        if user in users:
+            raise ValueError(f"{where}: user {user!r} is listed twice")
+        users[user] = password
+    return users
+
+
+def _check_hash(stored: str, where: str) -> None:
+    try:
+        _hasher.check_needs_rehash(stored)  # parses the hash's parameters
+    except (InvalidHashError, ValueError) as error:
+        raise ValueError(f"{where} has a malformed argon2 hash ({error})") from None
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password`` for `RAG_UI_USERS` (what `rag passwd` prints)."""
+    if not password:
+        raise ValueError("the password is empty")
+    return _hasher.hash(password)
+
+
+def verify(stored: str, given: str) -> bool:
+    """Does ``given`` match the stored password or hash? Constant time for plain ones."""
+    if stored.startswith(ARGON2_PREFIX):
+        try:
+            return _hasher.verify(stored, given)
+        except (VerificationError, InvalidHashError):
+            return False
+    return hmac.compare_digest(stored.encode(), given.encode())
+
+
+def auth_secret_problem(secret: str | None) -> str | None:
+    """Why the login cannot start with this `CHAINLIT_AUTH_SECRET`, or None when it can."""
+    if not secret:
+        return (
+            f"{AUTH_SECRET_VARIABLE} is not set: a login (RAG_UI_USERS) needs it to sign "
+            f"sessions; make one with `chainlit create-secret`"
+        )
+    if len(secret) < MIN_AUTH_SECRET:
+        return (
+            f"{AUTH_SECRET_VARIABLE} is {len(secret)} characters; use at least "
+            f"{MIN_AUTH_SECRET} (`chainlit create-secret` makes one)"
+        )
+    return None
