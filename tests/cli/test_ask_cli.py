@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from rag.chain import NOTHING_FOUND
 from rag.errors import ModelUnavailable
+from rag.local.server import free_port
 from tests.support.fake_openai import FakeServer, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,12 +91,6 @@ def run_rag(*args: str, cwd: Path, **variables: str) -> Run:
             process.stdout.close()
         stderr.seek(0)
         return Run(returncode, raw.decode(), stderr.read().decode(errors="replace"), chunks)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +204,7 @@ def test_ask_off_topic_lists_closest_passages_without_asking_the_model(
 
 
 def test_ask_with_unreachable_model_fails_in_one_line(workspace: Workspace) -> None:
-    where = f"http://127.0.0.1:{closed_port()}/v1"
+    where = f"http://127.0.0.1:{free_port()}/v1"
     run = ask(workspace, where, PRICE_QUESTION)
 
     assert run.returncode == ModelUnavailable.exit_code != 0

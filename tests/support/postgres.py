@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from rag.local.server import free_port
 
 USER = "rag"
 
@@ -39,12 +40,6 @@ def unavailable_reason() -> str | None:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: initdb cannot drop to the postgres user"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_owner(command: list[str]) -> list[str]:
@@ -70,7 +65,7 @@ def postgres_cluster() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     data, log = root / "db", root / "log"
-    port = _free_port()
+    port = free_port()
     pg_ctl = str(bindir / "pg_ctl")
     try:
         _run([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", USER,

@@ -16,7 +16,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,9 +28,12 @@ from typing import Any
 
 import pytest
 
+from rag.local.server import free_port
 from tests.conftest import write_files
 from tests.support.chainlit_client import ChainlitClient, Turn
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, serve
+
+_free_port = free_port  # tests/rag/test_history.py still imports this name
 
 pytestmark = pytest.mark.slow
 
@@ -77,12 +79,6 @@ class ChatUI:
             "\n".join(f"{m.get('role')}: {m.get('content')}" for m in body.get("messages", []))
             for body in self.fake.chat_requests()
         ]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(root: Path, base_url: str) -> dict[str, str]:
@@ -158,7 +154,7 @@ def ingested_ui(
         check=False,
     )
     assert ingest.returncode == 0, f"rag ingest failed:\n{ingest.stdout}\n{ingest.stderr}"
-    port = _free_port()
+    port = free_port()
     log = root / "ui.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -12,20 +12,21 @@ import httpx
 import pytest
 
 from rag.auth import hash_password
+from rag.local.server import free_port
 from tests.conftest import run_rag
-from tests.ui.test_chat_ui import RAG_BIN, _free_port, _stop_group, _wait_http
+from tests.ui.test_chat_ui import RAG_BIN, _stop_group, _wait_http
 
 
 @contextlib.contextmanager
 def running_ui(tmp_path: Path, extra: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "CHAINLIT_"))}
     env |= {
         "RAG_MILVUS_URI": str(tmp_path / "m.db"),
         "RAG_UI_DIR": str(tmp_path / "ui"),
         "RAG_UPLOAD_DIR": str(tmp_path / "uploads"),
         # No question is asked here: a closed port is enough and starts nothing.
-        "RAG_LLM_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1",
+        "RAG_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
         **extra,
     }
     log = tmp_path / "ui.log"
@@ -81,7 +82,7 @@ def test_chat_is_open_without_users(tmp_path: Path) -> None:
 def test_malformed_users_stop_rag_ui_with_one_line(tmp_path: Path, users: str) -> None:
     """Never a chat without login because the user list did not parse."""
     done = run_rag(
-        "ui", "--port", str(_free_port()), cwd=tmp_path, timeout=60,
+        "ui", "--port", str(free_port()), cwd=tmp_path, timeout=60,
         RAG_UI_USERS=users, RAG_MILVUS_URI=str(tmp_path / "m.db"),
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
@@ -92,9 +93,9 @@ def test_malformed_users_stop_rag_ui_with_one_line(tmp_path: Path, users: str) -
 
 def test_login_without_an_auth_secret_stops_rag_ui(tmp_path: Path) -> None:
     done = run_rag(
-        "ui", "--port", str(_free_port()), cwd=tmp_path, timeout=60,
+        "ui", "--port", str(free_port()), cwd=tmp_path, timeout=60,
         RAG_UI_USERS="alice:s3cret", RAG_MILVUS_URI=str(tmp_path / "m.db"),
-        RAG_LLM_BASE_URL=f"http://127.0.0.1:{_free_port()}/v1",
+        RAG_LLM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "CHAINLIT_AUTH_SECRET is not set" in done.stderr
