@@ -24,7 +24,8 @@ from rag.answer.grounding import enforce, passages_of
 from rag.answer.text import contains, says_refusal
 from rag.choices import DEFAULT_MIN_SUPPORT
 from rag.config import load_settings
-from rag.eval.run import EvalConfig, load_dataset
+from rag.eval.configs import EvalConfig
+from rag.eval.dataset import load_dataset
 from rag.retrieval import Hit, retrieve
 from rag.services import open_services
 

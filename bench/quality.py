@@ -30,14 +30,11 @@ from rich.table import Table
 from bench.report import RESULTS
 from ingest.pipeline import ingest_path
 from rag.choices import SearchMode
-from rag.eval.run import (
-    Dataset,
-    EvalConfig,
-    Summary,
-    evaluate_retrieval,
-    load_dataset,
-    markdown_table,
-)
+from rag.eval.configs import EvalConfig
+from rag.eval.dataset import Dataset, load_dataset
+from rag.eval.metrics import Summary
+from rag.eval.report import markdown_table
+from rag.eval.run import evaluate_retrieval
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DOCS = ROOT / "sample_docs"

@@ -1,7 +1,9 @@
 """`rag eval DATASET`: answer quality of the current collection as numbers.
 
-The logic lives in ``rag.eval.run`` (usable from Python and by ``bench/quality.py``); this
-module only parses options, prints the table and writes the reports.
+The logic lives in ``rag.eval`` (usable from Python and by ``bench/quality.py``): the
+question format in ``rag.eval.dataset``, the runs in ``rag.eval.run``, the tables and files
+in ``rag.eval.report``; this module only parses options, prints the tables and writes the
+reports.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ EvalMode = StrEnum("EvalMode", {mode: mode for mode in EVAL_MODES})
 @app.command("eval")
 def evaluate(
     dataset: Annotated[
-        Path, typer.Argument(help="JSONL question file (format: `rag.eval.run` docstring).")
+        Path, typer.Argument(help="JSONL question file (format: `rag.eval.dataset` docstring).")
     ],
     mode: Annotated[
         list[EvalMode] | None,
@@ -67,19 +69,11 @@ def evaluate(
     collection: CollectionOption = None,
 ) -> None:
     """Score retrieval (recall@k, MRR, nDCG, refusals) and optionally answers on a gold set."""
-    from rag.eval.run import (
-        DatasetError,
-        Summary,
-        config_from_mode,
-        evaluate_answers,
-        evaluate_retrieval,
-        headline,
-        load_dataset,
-        require_documents,
-        subset,
-        tag_table,
-        write_reports,
-    )
+    from rag.eval.configs import config_from_mode
+    from rag.eval.dataset import DatasetError, load_dataset, subset
+    from rag.eval.metrics import Summary
+    from rag.eval.report import headline, tag_table, write_reports
+    from rag.eval.run import evaluate_answers, evaluate_retrieval, require_documents
 
     settings = settings_or_exit(collection=collection)
     try:

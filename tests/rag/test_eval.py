@@ -1,4 +1,4 @@
-"""`rag eval` and rag.eval.run: metrics by hand, dataset errors, and runs on the sample corpus.
+"""`rag eval` and rag.eval: metrics by hand, dataset errors, and runs on the sample corpus.
 
 The CLI runs in-process (typer's CliRunner) against the session's ingested corpus: a
 subprocess could not open the session's Milvus Lite database, which is locked to this
@@ -20,23 +20,22 @@ from typer.testing import CliRunner
 import rag.services
 from rag.answer.text import citations, contains, normalise
 from rag.chain import Answer
+from rag.choices import EVAL_MODES
 from rag.cli import app
+from rag.config import load_settings
 from rag.embeddings import LocalMiniLMEmbeddings
-from rag.eval.run import (
-    DatasetError,
-    EvalConfig,
-    EvalQuestion,
+from rag.eval.configs import EvalConfig, config_from_mode, parse_mode
+from rag.eval.dataset import DatasetError, EvalQuestion, load_dataset, subset
+from rag.eval.metrics import (
     QuestionResult,
     first_rank,
-    load_dataset,
     ndcg,
     recall_at,
     reciprocal_rank,
     refuses,
-    subset,
     summarise,
 )
-from rag.retrieval import Hit
+from rag.retrieval import Hit, SearchOptions
 from tests.conftest import QUESTIONS_FILE, Corpus, sample_sources
 from tests.support.fake_openai import FakeServer
 
@@ -158,6 +157,21 @@ def test_refusals_and_citations() -> None:
             '{"question": "q", "source": "a.md", "history": [{"role": "bot", "content": "x"}]}',
             "history turn 1: role must be user or assistant",
         ),
+        # JSON spells numbers and booleans one way: anything else is a mistake in the file.
+        ('{"question": "q", "source": "a.md", "page": true}', "'page' must be a whole number"),
+        ('{"question": "q", "source": "a.md", "page": "3"}', "'page' must be a whole number"),
+        ('{"question": "q", "unanswerable": 1}', "'unanswerable' must be true or false"),
+        ('{"question": "  ", "source": "a.md"}', "'question' must be a non-empty string"),
+        ('{"question": "q", "source": "a.md", "zz": 1, "aa": 2}', "unknown field 'aa'"),
+        ('{"question": "q", "source": "a.md", "history": "x"}', "'history' must be a list"),
+        (
+            '{"question": "q", "source": "a.md", "history": [{"role": "user"}]}',
+            'history turn 1 must be {"role": ..., "content": ...} or [role, text]',
+        ),
+        (
+            '{"question": "q", "source": "a.md", "history": [["user", " "]]}',
+            "'history turn 1 content' must be a non-empty string",
+        ),
     ],
 )
 def test_invalid_line_is_reported_with_its_number(tmp_path: Path, line: str, message: str) -> None:
@@ -166,6 +180,19 @@ def test_invalid_line_is_reported_with_its_number(tmp_path: Path, line: str, mes
     with pytest.raises(DatasetError) as error:
         load_dataset(path)
     assert f"gold.jsonl, line 3: {message}" in str(error.value)
+
+
+def test_a_valid_line_is_normalised(tmp_path: Path) -> None:
+    path = tmp_path / "gold.jsonl"
+    path.write_text(
+        '{"question": " q ", "source": ".\\\\docs\\\\a.md", "answer": [" x ", "y"], '
+        '"history": [["user", " u "], {"role": "assistant", "content": "a"}]}\n',
+        "utf-8",
+    )
+    (question,) = load_dataset(path).questions
+    assert question == EvalQuestion(
+        "q", "docs/a.md", answers=("x", "y"), history=(("user", "u"), ("assistant", "a")), line=1
+    )
 
 
 def test_missing_empty_and_duplicate_datasets(tmp_path: Path) -> None:
@@ -188,6 +215,37 @@ def test_gold_set_covers_the_corpus_and_every_kind_of_question() -> None:
     assert {"paraphrase", "follow-up", "two-chunk"} <= set(tags)
     assert {q.source for q in gold.answerable} == sample_sources()
     assert all(q.history for q in gold.answerable if "follow-up" in q.tags)
+
+
+# --------------------------------------------------------------------------------------------
+# Configurations: the search vocabulary of rag.choices and rag.retrieval
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EVAL_MODES)
+def test_every_eval_mode_names_its_search(clean_env: Path, name: str) -> None:
+    settings = load_settings(_env_file=None, hybrid_ranker="weighted")
+    config = config_from_mode(name, 5, True, settings)
+    mode, ranker = parse_mode(name)
+    assert (config.mode, config.ranker) == (mode, ranker or "weighted")
+    expected = "hybrid-weighted" if name == "hybrid" else name
+    assert config.name == f"{expected} k=5 mmr"
+
+
+def test_an_unknown_eval_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown mode 'hybrid-max'"):
+        parse_mode("hybrid-max")
+
+
+def test_a_config_searches_with_its_own_options_at_any_depth() -> None:
+    config = EvalConfig(mode="hybrid", ranker="weighted", k=3, fetch_k=8, dense_weight=0.7)
+    deep = config.options(10)
+    assert type(deep) is SearchOptions  # the search, without the report's label
+    assert (deep.k, deep.fetch_k, deep.mode, deep.ranker) == (10, 10, "hybrid", "weighted")
+    assert config.options(config.k) == SearchOptions(
+        k=3, fetch_k=8, mode="hybrid", ranker="weighted", dense_weight=0.7
+    )
+    assert EvalConfig(label="baseline").name == "baseline"
 
 
 # --------------------------------------------------------------------------------------------

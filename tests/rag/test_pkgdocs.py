@@ -13,7 +13,7 @@ import pytest
 
 from bench.pkgdocs import PACKAGES, build, file_name, long_description
 from rag.answer.text import contains
-from rag.eval.run import Dataset, load_dataset
+from rag.eval.dataset import Dataset, load_dataset
 
 QUESTIONS = Path(__file__).resolve().parents[1] / "data" / "pkgdocs_questions.jsonl"
 EVERY_FILE = "*"
