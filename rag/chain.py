@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import openai
 from langchain_core.output_parsers import StrOutputParser
 
 from rag.answer.context import trim
@@ -20,7 +21,15 @@ from rag.answer.extractive import extract
 from rag.answer.grounding import DONT_SAY, check, left_out_note, passages_of, split_sentences
 from rag.answer.policy import AnswerPolicy
 from rag.answer.text import citations
-from rag.errors import ModelUnavailable, RagError, StoreUnavailable
+from rag.errors import (
+    HTTP_ERRORS,
+    ModelUnavailable,
+    RagError,
+    Service,
+    explain,
+    first_line,
+    mask,
+)
 from rag.retrieval import Hit, SearchOptions, retrieve
 
 if TYPE_CHECKING:
@@ -138,41 +147,34 @@ def _history_text(history: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{role.capitalize()}: {text}" for role, text in history[-HISTORY_TURNS:])
 
 
-def describe_llm_error(error: BaseException, where: str, secrets: Sequence[str] = ()) -> str:
-    """One readable line for a failed model call; ``secrets`` never appear in it (a proxy
-    may echo the API key it was sent in its error text)."""
-    line = _describe_llm_error(error, where)
-    for secret in secrets:
-        if secret:
-            line = line.replace(secret, "********")
-    return line
+@dataclass(frozen=True)
+class OutsideServices:
+    """The services a question calls, as a failure names them (`rag.errors.explain`)."""
+
+    chat: Service
+    embeddings: Service
+    store: Service
 
 
-def _describe_llm_error(error: BaseException, where: str) -> str:
-    name = type(error).__name__
-    status = getattr(error, "status_code", None)
-    if status == 429:
-        return f"the chat model at {where} is rate-limited (429); wait a moment and ask again"
-    if status in (401, 403):
-        return f"the chat model at {where} rejected the API key ({status}); check RAG_LLM_API_KEY"
-    if "Timeout" in name:
-        return f"the chat model at {where} did not answer in time"
-    if "Connection" in name:
-        return f"the chat model at {where} is not reachable; is it running?"
-    first = str(error).splitlines()[0] if str(error) else name
-    return f"the chat model at {where} failed: {first}"
+def default_services(llm_name: str, secrets: Sequence[str]) -> OutsideServices:
+    """Names for a chain built without settings: every key it holds counts as a secret."""
+    keys = tuple(secrets)
+    return OutsideServices(
+        Service("chat", f"the chat model at {llm_name}", "RAG_LLM_API_KEY", keys),
+        Service("embeddings", "the embedding model", "RAG_EMBEDDING_API_KEY", keys),
+        Service("milvus", "Milvus", None, keys),
+    )
 
 
-def describe_retrieval_error(error: BaseException, secrets: Sequence[str] = ()) -> RagError:
-    """One line for a failed search: the embedding endpoint or Milvus, whichever it was;
-    ``secrets`` never appear in it."""
-    first = str(error).splitlines()[0] if str(error) else type(error).__name__
-    for secret in secrets:
-        if secret:
-            first = first.replace(secret, "********")
-    if type(error).__module__.startswith(("openai", "httpx")):
-        return ModelUnavailable(f"the embedding model failed while searching: {first}")
-    return StoreUnavailable(f"searching Milvus failed: {first}")
+# A search embeds the question (an OpenAI-compatible endpoint: openai over HTTP) and then
+# asks Milvus; anything else that escapes it comes from the store's side.
+_EMBEDDING_ERRORS = (openai.OpenAIError, *HTTP_ERRORS)
+
+
+def describe_retrieval_error(error: BaseException, services: OutsideServices) -> RagError:
+    """One line for a failed search: the embedding endpoint or Milvus, whichever it was."""
+    failed = services.embeddings if isinstance(error, _EMBEDDING_ERRORS) else services.store
+    return explain(error, failed)
 
 
 class RagChain:
@@ -187,7 +189,10 @@ class RagChain:
         relevance_floor: float,
         llm_name: str = "the chat model",
         policy: AnswerPolicy | None = None,
+        services: OutsideServices | None = None,
     ) -> None:
+        """``services`` names what failed in an error line (`rag.app` builds it from the
+        settings); without it the names come from ``llm_name`` and the keys the models hold."""
         self.store = store
         self.policy = policy or AnswerPolicy()
         # Keys an endpoint might echo in an error: the chat model's and the embeddings'.
@@ -201,6 +206,7 @@ class RagChain:
         )
         self.relevance_floor = relevance_floor
         self.llm_name = llm_name
+        self.services = services or default_services(llm_name, self.secrets)
         self.condense_chain = prompts.condense | llm | StrOutputParser()
         self.answer_chain = prompts.answer | llm | StrOutputParser()
 
@@ -213,9 +219,7 @@ class RagChain:
                 {"chat_history": _history_text(history), "question": question}
             )
         except Exception as error:
-            raise ModelUnavailable(
-                describe_llm_error(error, self.llm_name, self.secrets)
-            ) from error
+            raise explain(error, self.services.chat) from error
         text = re.sub(
             r"^(stand-?alone( question)?|standalone)\s*:\s*", "", text.strip(), flags=re.I
         )
@@ -235,9 +239,9 @@ class RagChain:
         try:
             hits = await retrieve(self.store, standalone, options)
         except RagError:
-            raise
+            raise  # already one line (a closed store, a mismatched collection)
         except Exception as error:
-            raise describe_retrieval_error(error, self.secrets) from error
+            raise describe_retrieval_error(error, self.services) from error
         relevant_hits = [h for h in hits if h.score >= self.relevance_floor]
         yield Retrieved(hits, bool(relevant_hits), time.perf_counter() - started)
         if not relevant_hits:
@@ -275,14 +279,11 @@ class RagChain:
                     parts.append(token)
                     yield token
         except Exception as error:
-            message = describe_llm_error(error, self.llm_name, self.secrets)
-            if parts:
-                raise AnswerInterrupted(
-                    f"the chat model at {self.llm_name} stopped mid-answer: "
-                    f"{type(error).__name__} (the answer was cut off)",
-                    "".join(parts),
-                ) from error
-            raise ModelUnavailable(message) from error
+            if not parts:
+                raise explain(error, self.services.chat) from error
+            chat = self.services.chat
+            why = f"{chat.label} stopped mid-answer: {first_line(error)} (the answer was cut off)"
+            raise AnswerInterrupted(mask(why, chat.secrets), "".join(parts)) from error
 
     async def _checked(
         self,

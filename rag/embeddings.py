@@ -207,6 +207,7 @@ def build_embeddings(settings: Settings) -> Embeddings:
         return LocalMiniLMEmbeddings(
             batch_size=settings.embedding_batch_size, threads=settings.embedding_threads
         )
+    import openai
     from langchain_openai import OpenAIEmbeddings
 
     if settings.embedding_base_url is None and settings.embedding_api_key is None:
@@ -229,4 +230,23 @@ def build_embeddings(settings: Settings) -> Embeddings:
         check_embedding_ctx_length=False,
         max_retries=EMBEDDING_RETRIES,
         request_timeout=EMBEDDING_TIMEOUT,
+        # Pools of our own, so `close_embeddings` can close them when the services close
+        # (the SDK's Default*HttpxClient keeps its limits, timeouts and redirects).
+        http_client=openai.DefaultHttpxClient(),
+        http_async_client=openai.DefaultAsyncHttpxClient(),
     )
+
+
+async def close_embeddings(embeddings: Embeddings) -> None:
+    """Close the HTTP pools of an endpoint's embeddings; the local model holds none.
+
+    The local model stays loaded: it is a file in memory, and tests share one copy.
+    """
+    from langchain_openai import OpenAIEmbeddings
+
+    if not isinstance(embeddings, OpenAIEmbeddings):
+        return
+    if embeddings.http_client is not None:
+        embeddings.http_client.close()
+    if embeddings.http_async_client is not None:
+        await embeddings.http_async_client.aclose()

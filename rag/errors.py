@@ -14,8 +14,11 @@ from typing import Literal
 import grpc
 import httpx
 import openai
-import pymilvus
-import sqlalchemy.exc
+
+try:  # openai 3 speaks httpx2 (an API-identical fork of httpx); openai 2 speaks httpx
+    import httpx2
+except ImportError:  # pragma: no cover - an older openai
+    httpx2 = httpx  # type: ignore[no-redef]
 
 
 class RagError(Exception):
@@ -81,6 +84,12 @@ class HistoryUnavailable(RagError):
 # user, a log or a test report.
 
 MASK = "********"
+# An HTTP call's own failures: openai wraps those of a request in APIConnectionError, but
+# one that breaks a stream already under way (a read timeout, a dropped connection)
+# arrives as the transport's error, from httpx2 under openai 3 and httpx under openai 2.
+HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+_TIMEOUTS = (openai.APITimeoutError, httpx.TimeoutException, httpx2.TimeoutException, TimeoutError)
+_UNREACHABLE = (openai.APIConnectionError, httpx.ConnectError, httpx2.ConnectError)
 ServiceKind = Literal["embeddings", "chat", "milvus", "history"]
 _RAISES: dict[ServiceKind, type[RagError]] = {
     "embeddings": ModelUnavailable,
@@ -90,23 +99,31 @@ _RAISES: dict[ServiceKind, type[RagError]] = {
 }
 
 
+# The password of ``scheme://user:secret@host``: RFC 3986 userinfo holds no "/", "@" or
+# space, so a port ("host:8080/path") is never taken for one, even with an "@" later on.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<password>[^/@\s]*)@", re.I)
+# A shorter "secret" is a placeholder ("x", "no"): masking it would mangle every word of
+# the line while hiding nothing.
+MIN_SECRET = 4
+
+
 def mask_url_password(url: str) -> str:
     """``scheme://user:secret@host`` with the password hidden, for logs and `rag doctor`."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", rf"\1{MASK}@", url)
+    return _URL_PASSWORD.sub(rf"\g<head>{MASK}@", url)
 
 
 def url_password(url: str) -> str:
     """The password in ``scheme://user:secret@host``, or ""."""
-    found = re.match(r"^[a-z+]+://[^:/@]+:([^@]*)@", url)
-    return found[1] if found else ""
+    found = _URL_PASSWORD.match(url)
+    return found["password"] if found else ""
 
 
 def mask(text: str, secrets: Sequence[str] = ()) -> str:
     """``text`` with every secret and every URL password replaced by ``********``."""
-    for secret in secrets:
-        if secret:
+    for secret in sorted(secrets, key=len, reverse=True):  # a key that contains another
+        if len(secret) >= MIN_SECRET:
             text = text.replace(secret, MASK)
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]*@", rf"\1{MASK}@", text)
+    return mask_url_password(text)
 
 
 def first_line(error: BaseException) -> str:
@@ -138,33 +155,38 @@ class Service:
 
 def is_timeout(error: BaseException) -> bool:
     """The service did not answer in time (the client has already retried it)."""
-    return isinstance(error, openai.APITimeoutError | httpx.TimeoutException | TimeoutError)
+    if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
+        return bool(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
+    return isinstance(error, _TIMEOUTS)
 
 
 def explain(error: BaseException, service: Service, *, timeout: str = "") -> RagError:
     """One line on why ``service`` failed, as the error type a user can act on.
 
     ``timeout`` adds what the wait was ("within 30 s (3 tries)"). An error that is already
-    a RagError is returned as it is: it was explained where it was raised.
+    a RagError is returned as it is: it was explained where it was raised. The line is
+    chosen by the libraries' exception classes; a store or database failure always reads
+    "cannot use <service>: ...", whatever raised it, so one prefix finds them in a log.
     """
     if isinstance(error, RagError):
         return error
     raises = _RAISES[service.kind]
-    label = mask(service.label, service.secrets)
+    # A password in the service's own URL is a secret even where the error repeats it bare.
+    secrets = (*service.secrets, *(m["password"] for m in _URL_PASSWORD.finditer(service.label)))
+    label = mask(service.label, secrets)
+    waited = f"did not answer {timeout or 'in time'}"
     status = getattr(error, "status_code", None)
-    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+    if service.kind in ("milvus", "history"):
+        line = f"cannot use {label}: {waited if is_timeout(error) else first_line(error)}"
+    elif isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
         check = f"; check {service.key_setting}" if service.key_setting else ""
         line = f"{label} rejected the API key ({status}){check}"
     elif isinstance(error, openai.RateLimitError):
         line = f"{label} is rate-limited (429); wait a moment and try again"
     elif is_timeout(error):
-        line = f"{label} did not answer {timeout or 'in time'}"
-    elif isinstance(error, openai.APIConnectionError | httpx.ConnectError):
+        line = f"{label} {waited}"
+    elif isinstance(error, _UNREACHABLE):
         line = f"{label} is not reachable; is it running?"
-    elif isinstance(
-        error, pymilvus.MilvusException | grpc.RpcError | sqlalchemy.exc.SQLAlchemyError
-    ) or service.kind in ("milvus", "history"):
-        line = f"cannot use {label}: {first_line(error)}"
-    else:
+    else:  # openai.APIStatusError: its message starts "Error code: 500 - ..."
         line = f"{label} failed: {first_line(error)}"
-    return raises(mask(line, service.secrets))
+    return raises(mask(line, secrets))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import openai
 from langchain_openai import ChatOpenAI
 
 from rag.errors import Service
@@ -43,6 +44,11 @@ def build_chat_model(
     # langchain-openai sends max_completion_tokens, which llama.cpp's server ignores.
     extra = {"max_tokens": cap, **({"repeat_penalty": 1.3} if tiny else {})} if local else None
     return ChatOpenAI(
+        # Its own connection pool, closed with the model (`close_chat_model`): without one,
+        # langchain-openai hands every ChatOpenAI for the same URL and timeout one cached,
+        # process-wide pool (chat_models/_client_utils.py, 1.7), which nobody may close.
+        # The SDK's DefaultAsyncHttpxClient keeps the SDK's limits and redirects.
+        http_async_client=openai.DefaultAsyncHttpxClient(),
         model=settings.llm_model,
         base_url=base_url or settings.llm_base_url,
         api_key=key,  # type: ignore[arg-type]
@@ -54,3 +60,9 @@ def build_chat_model(
         max_retries=2,
         streaming=True,
     )
+
+
+async def close_chat_model(llm: ChatOpenAI) -> None:
+    """Close the connection pool `build_chat_model` gave the model (safe to call twice)."""
+    if llm.http_async_client is not None:
+        await llm.http_async_client.aclose()

@@ -36,24 +36,24 @@ def search(
     settings = settings_or_exit(collection=collection)
 
     async def go() -> None:
-        services = await open_services(settings)
-        options = replace(search_options(settings), k=k, mmr=False)
-        if mode is not None:
-            options = replace(options, mode=mode.value)
-        note_fallback(services.store, options.mode)
-        hits = await retrieve(services.store, query, options)
-        table = Table(title=Text(f"Top {k} for: {query}"), show_lines=True)
-        for column in ("#", "score", "source", "page", "passage"):
-            table.add_column(column)
-        for number, hit in enumerate(hits, 1):
-            table.add_row(
-                str(number),
-                f"{hit.score:.3f}",
-                Text(hit.source),
-                str(hit.page or ""),
-                Text(hit.document.page_content[:300]),
-            )
-        console.print(table)
+        async with open_services(settings) as services:
+            options = replace(search_options(settings), k=k, mmr=False)
+            if mode is not None:
+                options = replace(options, mode=mode.value)
+            note_fallback(services.store, options.mode)
+            hits = await retrieve(services.store, query, options)
+            table = Table(title=Text(f"Top {k} for: {query}"), show_lines=True)
+            for column in ("#", "score", "source", "page", "passage"):
+                table.add_column(column)
+            for number, hit in enumerate(hits, 1):
+                table.add_row(
+                    str(number),
+                    f"{hit.score:.3f}",
+                    Text(hit.source),
+                    str(hit.page or ""),
+                    Text(hit.document.page_content[:300]),
+                )
+            console.print(table)
 
     run_async(go)
 

@@ -11,10 +11,11 @@ from rich.text import Text
 
 from rag.cli.app import CollectionOption, app, console, run_async, settings_or_exit
 from rag.config import Settings
-from rag.embeddings import build_embeddings, embedding_identity
-from rag.errors import RagError
+from rag.embeddings import build_embeddings, close_embeddings, embedding_identity, embedding_service
+from rag.errors import RagError, explain, mask_url_password
+from rag.llm import chat_service
 from rag.services import resolve_dimension
-from rag.store.milvus import connect, describe_failure, read_identity
+from rag.store.milvus import connect, milvus_service, read_identity
 
 Check = tuple[str, bool, str]
 
@@ -42,30 +43,30 @@ def _milvus(settings: Settings) -> Check:
             )
         finally:
             client.close()
-    except RagError as error:
-        return ("milvus", False, str(error))
-    except Exception as error:
-        return ("milvus", False, describe_failure(settings, error))
+    except Exception as error:  # a RagError comes back from explain as it is
+        return ("milvus", False, str(explain(error, milvus_service(settings))))
 
 
 async def _embeddings(settings: Settings) -> Check:
     try:
         embeddings = build_embeddings(settings)
+    except RagError as error:
+        return ("embeddings", False, str(error))
+    try:
         dimension = await resolve_dimension(settings, embeddings)
         await embeddings.aembed_query("doctor")
         return ("embeddings", True, f"{embedding_identity(settings)[0]} ({dimension} dims)")
-    except RagError as error:
-        return ("embeddings", False, str(error))
     except Exception as error:
-        return ("embeddings", False, f"{type(error).__name__}: {str(error).splitlines()[0]}")
+        return ("embeddings", False, str(explain(error, embedding_service(settings))))
+    finally:
+        await close_embeddings(embeddings)
 
 
 def _llm(settings: Settings) -> Check:
     """Blocking: the endpoint lists its models, or the bundled model is installed."""
     import importlib.util
-    import json
-    import urllib.error
-    import urllib.request
+
+    import openai
 
     from rag.local.models import get_model, model_path
     from rag.local.server import INSTALL_HINT
@@ -79,26 +80,26 @@ def _llm(settings: Settings) -> Check:
             return ("chat model", False, f"llama-cpp-python is not installed; {INSTALL_HINT}")
         title = get_model(settings.local_llm).title
         return ("chat model", True, f"bundled {title} ({path.name}), started on demand")
-    request = urllib.request.Request(f"{settings.llm_base_url}/models")
-    if settings.llm_api_key is not None:
-        request.add_header("Authorization", f"Bearer {settings.llm_api_key.get_secret_value()}")
+    # The SDK the answers use, so its errors (a rejected key, nobody listening) read here
+    # as they do in `rag ask`; no retries: the doctor reports, it does not insist.
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "not-needed"
     try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            names = [m.get("id") for m in json.load(reply).get("data", [])]
-    except urllib.error.HTTPError as error:
-        return ("chat model", False, f"{settings.llm_base_url} answered HTTP {error.code}")
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return ("chat model", False, f"{settings.llm_base_url} is not reachable: {error}")
+        with openai.OpenAI(
+            base_url=settings.llm_base_url, api_key=key, timeout=10, max_retries=0
+        ) as client:
+            names = [model.id for model in client.models.list()]
+    except Exception as error:
+        return ("chat model", False, str(explain(error, chat_service(settings))))
     listed = "listed" if settings.llm_model in names else "not in its model list"
-    return ("chat model", True, f"{settings.llm_model} at {settings.llm_base_url} ({listed})")
+    where = mask_url_password(settings.llm_base_url)
+    return ("chat model", True, f"{settings.llm_model} at {where} ({listed})")
 
 
 async def _history(settings: Settings) -> Check:
     """The chat history database answers (a SQLite file not made yet is fine)."""
     from sqlalchemy import text
 
-    from rag.errors import mask_url_password
-    from rag.history import describe, make_engine
+    from rag.history import history_service, make_engine
 
     url = settings.database_url
     if not url:
@@ -113,7 +114,7 @@ async def _history(settings: Settings) -> Check:
             await conn.execute(text("SELECT 1"))
         return ("chat history", True, shown)
     except Exception as error:
-        return ("chat history", False, describe(url, error))
+        return ("chat history", False, str(explain(error, history_service(url))))
     finally:
         await engine.dispose()
 

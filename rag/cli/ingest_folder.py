@@ -38,19 +38,19 @@ def ingest(
         raise fail(SourceNotFound(f"no such file or folder: {path}"))
 
     async def go() -> bool:
-        services = await open_services(settings, recreate=recreate)
-        with ConsoleReporter(console) as reporter:
-            report = await ingest_path(
-                path,
-                services.store,
-                settings,
-                reporter,
-                include=include or (),
-                exclude=exclude or (),
-                keep_missing=keep_missing,
-            )
-        console.print(summary_table(report))
-        return report.ok
+        async with open_services(settings, recreate=recreate) as services:
+            with ConsoleReporter(console) as reporter:
+                report = await ingest_path(
+                    path,
+                    services.store,
+                    settings,
+                    reporter,
+                    include=include or (),
+                    exclude=exclude or (),
+                    keep_missing=keep_missing,
+                )
+            console.print(summary_table(report))
+            return report.ok
 
     if not run_async(go):
         errors.print("[bold red]some files failed[/] (listed above); the others were ingested")

@@ -619,10 +619,10 @@ def test_a_search_error_never_shows_the_embedding_key() -> None:
     import httpx
     from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-    from rag.chain import describe_retrieval_error
+    from rag.chain import default_services, describe_retrieval_error
 
     error = httpx.HTTPError("401 from proxy: invalid key sk-embed-123456 for /embeddings")
-    described = describe_retrieval_error(error, ("sk-embed-123456",))
+    described = describe_retrieval_error(error, default_services("x", ("sk-embed-123456",)))
     assert isinstance(described, ModelUnavailable)
     assert "sk-embed-123456" not in str(described) and "********" in str(described)
 
