@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rag.cli.app import CollectionOption, app, console, errors, run_async, settings_or_exit
+from rag.errors import explain
 
 if TYPE_CHECKING:
     from rag.store.catalog import Removal, SourceInfo
@@ -32,12 +33,16 @@ def sources(collection: CollectionOption = None, as_json: JsonOption = False) ->
     """List the ingested files with chunk count, hash, size and ingest time (read from Milvus)."""
     from rag.services import open_services
     from rag.store.catalog import list_sources
+    from rag.store.milvus import MILVUS_ERRORS, milvus_service
 
     settings = settings_or_exit(collection=collection)
 
     async def go() -> list[SourceInfo]:
         services = await open_services(settings)
-        return await list_sources(services.store)
+        try:
+            return await list_sources(services.store)
+        except MILVUS_ERRORS as error:
+            raise explain(error, milvus_service(settings)) from error
 
     found = run_async(go)
     if as_json:
@@ -73,12 +78,16 @@ def remove(
     """Remove the chunks of some ingested files from the collection."""
     from rag.services import open_services
     from rag.store.catalog import remove_sources
+    from rag.store.milvus import MILVUS_ERRORS, milvus_service
 
     settings = settings_or_exit(collection=collection)
 
     async def go() -> Removal:
         services = await open_services(settings)
-        return await remove_sources(services.store, patterns, dry_run=dry_run)
+        try:
+            return await remove_sources(services.store, patterns, dry_run=dry_run)
+        except MILVUS_ERRORS as error:
+            raise explain(error, milvus_service(settings)) from error
 
     removal = run_async(go)
     if not removal.sources:

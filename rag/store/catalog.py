@@ -1,26 +1,76 @@
 """What is in a collection, file by file, and taking files out of it.
 
-Read from Milvus itself (every chunk row carries its file's hash, size, chunk count
-and ingest time), never from a side file that could disagree with the collection.
+Read from Milvus itself, never from a side file that could disagree with the collection.
+Every stored file version has one ``chunk_index == 0`` row carrying the file's source,
+hash, size, chunk count and ingest time, so the *catalog* (every stored file version) is
+one scan of those rows. It is kept in the process, per collection, because the chat
+lists the documents on every chat start and after every upload: ``invalidate`` drops it
+after anything that writes or deletes rows (an ingest, an upload, ``remove_sources``),
+and an entry older than ``MAX_AGE`` is read again, for writes made by another process.
+
+pymilvus' ``AsyncMilvusClient`` has no ``query_iterator`` (3.0.2: only ``MilvusClient``
+and the ORM ``Collection`` have one), so scans run the sync client's iterator in a
+worker thread. The iterator pages by primary key (``pk > last`` on rows the server
+returns in key order) at one snapshot time; checked here on Milvus Lite 3.2.2 and on
+the Milvus 2.3.5 standalone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rag.store import records
-from rag.store.filters import source_expr, sources_expr
+from rag.store.filters import first_chunks_expr, sources_expr
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from langchain_milvus import Milvus
+    from pymilvus import MilvusClient
 
-# Concurrent per-source queries: enough to hide round trips, few enough for Lite.
-LOOKUPS = 8
+# Rows per round trip: pymilvus' MAX_BATCH_SIZE (client/constants.py), the most a query
+# may return. The scans read a few short fields, so a full page stays small.
+PAGE = 16_384
+# How long a catalog read by this process is trusted when nothing here invalidated it:
+# long enough that chat starts share one scan, short enough to see another process'
+# ingest within a minute.
+MAX_AGE = 60.0
+VERSION_FIELDS = ["source", "chunk_count", "file_hash", "file_size", "ingested_at"]
+DELETE_BATCH = 100  # sources per delete expression
+T = TypeVar("T")
+
+
+class _NoLiteSessionTs(logging.Filter):
+    """Drop pymilvus' warning that the server sent no snapshot time for an iterator.
+
+    Milvus Lite and Milvus 2.3 never send one, so pymilvus warns on every scan and uses
+    the client's clock instead (query_iterator.py ``__setup_ts_by_request``); on this
+    app's Strong-consistency collection that clock time still covers every earlier write.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_NoLiteSessionTs())
+
+
+@dataclass(frozen=True, order=True)
+class StoredVersion:
+    """One stored version of a file, as its first chunk row records it."""
+
+    source: str
+    ingested_at: str
+    file_hash: str
+    chunk_count: int
+    file_size: int
 
 
 @dataclass(frozen=True)
@@ -42,38 +92,135 @@ class SourceInfo:
         return asdict(self) | {"complete": self.complete}
 
 
-async def _describe(store: Milvus, source: str) -> SourceInfo:
-    expr = source_expr(source)
-    rows, first = await asyncio.gather(
-        records.count(store, expr),
-        store.aclient.query(
-            store.collection_name,
-            filter=expr,
-            output_fields=["chunk_count", "file_hash", "file_size", "ingested_at"],
-            limit=1,
-        ),
+# --- scanning ----------------------------------------------------------------------------
+
+
+def _scan(
+    client: MilvusClient, collection: str, expr: str, fields: list[str]
+) -> Iterator[dict[str, Any]]:
+    """Blocking: every row matching ``expr``, page by page through the query iterator."""
+    pages = client.query_iterator(collection, batch_size=PAGE, filter=expr, output_fields=fields)
+    try:
+        while page := pages.next():
+            yield from page
+    finally:
+        pages.close()
+
+
+async def _in_thread(
+    store: Milvus, expr: str, fields: list[str], fold: Callable[[Iterator[dict[str, Any]]], T]
+) -> T:
+    """``fold`` over a scan, off the event loop (the sync client blocks)."""
+    return await asyncio.to_thread(
+        lambda: fold(_scan(store.client, store.collection_name, expr, fields))
     )
-    meta = first[0] if first else {}
-    return SourceInfo(
-        source=source,
-        chunks=rows,
-        expected_chunks=int(meta.get("chunk_count") or 0),
-        file_hash=str(meta.get("file_hash") or ""),
-        file_size=int(meta.get("file_size") or 0),
-        ingested_at=str(meta.get("ingested_at") or ""),
+
+
+def _version(row: dict[str, Any]) -> StoredVersion:
+    return StoredVersion(
+        source=str(row["source"]),
+        ingested_at=str(row.get("ingested_at") or ""),
+        file_hash=str(row.get("file_hash") or ""),
+        chunk_count=int(row.get("chunk_count") or 0),
+        file_size=int(row.get("file_size") or 0),
     )
+
+
+# --- the cached catalog ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    versions: tuple[StoredVersion, ...]
+    read_at: float
+
+
+Key = tuple[str, str, str]
+_catalogs: dict[Key, _Entry] = {}
+# Bumped by `invalidate`: a scan that started before an invalidation must not store
+# what it read, or an ingest finishing mid-scan would be forgotten.
+_generations: Counter[Key] = Counter()
+
+
+def _key(store: Milvus) -> Key:
+    """Where the collection lives. langchain-milvus keeps the arguments it connected with
+    (``_connection_args``, vectorstores/milvus.py 0.4.0), so two stores opened on one
+    collection share an entry, and one name in two databases does not."""
+    args = getattr(store, "_connection_args", None) or {}
+    return (str(args.get("uri", "")), str(args.get("db_name") or ""), store.collection_name)
+
+
+def invalidate(store: Milvus) -> None:
+    """Forget the catalog of ``store``'s collection: call after writing or deleting rows."""
+    key = _key(store)
+    _catalogs.pop(key, None)
+    _generations[key] += 1
+
+
+async def catalog(store: Milvus, *, fresh: bool = False) -> tuple[StoredVersion, ...]:
+    """Every stored file version, sorted by source then ingest time; cached per collection."""
+    key = _key(store)
+    entry = _catalogs.get(key)
+    if entry is not None and not fresh and time.monotonic() - entry.read_at < MAX_AGE:
+        return entry.versions
+    generation = _generations[key]
+    versions = tuple(
+        sorted(
+            await _in_thread(
+                store, first_chunks_expr(), VERSION_FIELDS, lambda rows: [_version(r) for r in rows]
+            )
+        )
+    )
+    if _generations[key] == generation:
+        _catalogs[key] = _Entry(versions, time.monotonic())
+    return versions
+
+
+async def source_names(store: Milvus) -> list[str]:
+    """The stored files' names, sorted (the chat's document filter and welcome page)."""
+    return sorted({v.source for v in await catalog(store)})
+
+
+# --- listing and removing ----------------------------------------------------------------
+
+
+async def row_counts(store: Milvus) -> Counter[str]:
+    """Rows per source, from one pass over the ``source`` field.
+
+    Milvus 2.3 has no grouped ``count(*)``, so the choice is one ``count(*)`` query per
+    source (what this module did before: N round trips, N = files) or one scan of every
+    row's ``source`` (rows / PAGE round trips, each row a key and a path). The scan is
+    exact and costs a handful of round trips even for a large collection.
+    """
+    return await _in_thread(store, "", ["source"], lambda rows: Counter(r["source"] for r in rows))
 
 
 async def list_sources(store: Milvus) -> list[SourceInfo]:
-    """Every ingested file, sorted by name."""
-    sources = sorted(await records.stored_sources(store))
-    gate = asyncio.Semaphore(LOOKUPS)
+    """Every ingested file, sorted by name: two scans, whatever the number of files.
 
-    async def one(source: str) -> SourceInfo:
-        async with gate:
-            return await _describe(store, source)
-
-    return list(await asyncio.gather(*(one(s) for s in sources)))
+    The catalog (read fresh, and cached for the chat) gives each file's expected chunk
+    count, hash, size and time; ``row_counts`` gives the rows actually there. A file is
+    complete when they agree. A file with two versions (an update under way or
+    interrupted) reports the newest version and all its rows, so it shows as
+    incomplete; a file whose first chunk is missing still appears, with nothing
+    expected, so ``rag remove`` can clear it.
+    """
+    versions, counts = await asyncio.gather(catalog(store, fresh=True), row_counts(store))
+    newest = {v.source: v for v in versions}  # sorted by time, so the last one wins
+    found = []
+    for source in sorted(counts.keys() | newest.keys()):
+        version = newest.get(source)
+        found.append(
+            SourceInfo(
+                source=source,
+                chunks=counts.get(source, 0),
+                expected_chunks=version.chunk_count if version else 0,
+                file_hash=version.file_hash if version else "",
+                file_size=version.file_size if version else 0,
+                ingested_at=version.ingested_at if version else "",
+            )
+        )
+    return found
 
 
 def matches(source: str, pattern: str) -> bool:
@@ -107,6 +254,9 @@ async def remove_sources(
     rows = sum(s.chunks for s in found)
     if found and not dry_run:
         names = [s.source for s in found]
-        for start in range(0, len(names), 100):
-            await records.delete_where(store, sources_expr(names[start : start + 100]))
+        try:
+            for start in range(0, len(names), DELETE_BATCH):
+                await records.delete_where(store, sources_expr(names[start : start + DELETE_BATCH]))
+        finally:
+            invalidate(store)  # even a partial delete changed the collection
     return Removal(found, rows, dry_run)

@@ -20,16 +20,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from langchain_milvus import Milvus
 from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusException
 
-from rag.errors import (
-    CollectionNotFound,
-    EmbeddingMismatch,
-    Service,
-    StoreUnavailable,
-    mask_url_password,
-)
+from rag.errors import CollectionNotFound, EmbeddingMismatch, Service, explain
 from rag.store.lite import tolerate_lite_keepalive
 from rag.store.schema import (
     BM25_FUNCTION,
@@ -125,36 +120,32 @@ def milvus_service(settings: Settings) -> Service:
     return Service("milvus", f"Milvus at {settings.milvus_uri}", None, (token,))
 
 
+# What a failing Milvus call raises: pymilvus' own errors (MilvusException and its
+# subclasses, e.g. ConnectionConfigException for a bad URI or an unopenable Lite file) and
+# a raw gRPC error from a dropped channel; connecting adds OSError, when the Lite
+# database's folder cannot be made.
+MILVUS_ERRORS = (MilvusException, grpc.RpcError)
+
+
 def describe_failure(settings: Settings, error: BaseException) -> str:
-    """One line on why Milvus failed, never including the token or a password in the URI."""
-    where = mask_url_password(settings.milvus_uri)
-    message = str(getattr(error, "message", "") or error).splitlines()[0] if str(error) else ""
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-    for secret in (token, *_uri_password(settings.milvus_uri)):
-        if secret:
-            message = message.replace(secret, "********")
-    return f"cannot use Milvus at {where}: {message or type(error).__name__}"
-
-
-def _uri_password(uri: str) -> list[str]:
-    found = re.match(r"^[a-z]+://[^:/@]+:([^@]*)@", uri)
-    return [found[1]] if found else []
+    """Deprecated, to be removed: use ``explain(error, milvus_service(settings))``."""
+    return str(explain(error, milvus_service(settings)))
 
 
 def connect(settings: Settings) -> MilvusClient:
     """A sync client (blocking: call from a worker thread in async code)."""
     try:
         return MilvusClient(**connection_args(settings))
-    except Exception as error:  # pymilvus raises several unrelated types here
-        raise StoreUnavailable(describe_failure(settings, error)) from error
+    except (*MILVUS_ERRORS, OSError) as error:
+        raise explain(error, milvus_service(settings)) from error
 
 
 def server_version(client: MilvusClient) -> str:
     """What answers at the URI: ``milvus_lite-3.2.2`` in-process, ``v2.3.5`` on a server."""
     try:
         return str(client.get_server_version())
-    except Exception:  # an old or proxied server without the call: assume the worst
-        return "unknown"
+    except MILVUS_ERRORS:  # an old or proxied server without the call
+        return "unknown"  # assume the worst
 
 
 def bm25_unavailable_reason(version: str) -> str | None:
@@ -311,8 +302,8 @@ def open_store(
                 "`rag ingest FOLDER --recreate` to enable BM25 and hybrid search"
             )
         return store
-    except MilvusException as error:
-        raise StoreUnavailable(describe_failure(settings, error)) from error
+    except MILVUS_ERRORS as error:
+        raise explain(error, milvus_service(settings)) from error
     finally:
         client.close()
 
@@ -354,8 +345,8 @@ def list_collections(settings: Settings) -> list[CollectionInfo]:
             CollectionInfo(name, _row_count(client, name), read_identity(client, name))
             for name in sorted(client.list_collections())
         ]
-    except MilvusException as error:
-        raise StoreUnavailable(describe_failure(settings, error)) from error
+    except MILVUS_ERRORS as error:
+        raise explain(error, milvus_service(settings)) from error
     finally:
         client.close()
 
@@ -369,7 +360,7 @@ def drop_collection(settings: Settings, name: str) -> int:
         rows = _row_count(client, name)
         client.drop_collection(name)
         return rows
-    except MilvusException as error:
-        raise StoreUnavailable(describe_failure(settings, error)) from error
+    except MILVUS_ERRORS as error:
+        raise explain(error, milvus_service(settings)) from error
     finally:
         client.close()

@@ -1,0 +1,216 @@
+"""Filter expressions: hostile values survive quoting on a real Milvus Lite, and every
+filter in the code is built by ``rag.store.filters``.
+
+Milvus 2.3 has no expression templates, so a path or a name becomes a string literal in
+an expression; if one could end that literal early, ``rag remove`` could delete, and a
+document filter could search, rows the user never named.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from milvus_lite.server_manager import server_manager_instance
+from pymilvus import MilvusClient
+
+from rag.store.filters import (
+    first_chunks_expr,
+    ids_expr,
+    quote,
+    source_expr,
+    sources_expr,
+    version_expr,
+)
+from rag.store.milvus import CollectionIdentity, ensure_collection
+from rag.store.schema import (
+    METADATA_FIELDS,
+    PRIMARY_FIELD,
+    TEXT_FIELD,
+    VECTOR_FIELD,
+    chunk_id,
+    chunk_metadata,
+)
+from tests.conftest import REPO_ROOT
+
+HOSTILE = [
+    'x" or source != "',
+    "back\\slash",
+    "ends with a backslash\\",
+    '\\" or pk != "',
+    "new\nline",
+    "carriage\r\nreturn",
+    "tab\there",
+    "it's 'single'",
+    "[brackets], (parens) and % _ like wildcards",
+    "ünïcødé/日本語.md",
+    "",
+]
+OTHERS = ["plain.md", "x", "back", "new", 'x"']
+COLLECTION = "hostile"
+DIMENSION = 2
+
+
+def _row(source: str, digest: str = "h1", index: int = 0) -> dict[str, object]:
+    return {
+        PRIMARY_FIELD: chunk_id(source, digest, index),
+        TEXT_FIELD: f"chunk {index} of {source!r}",
+        VECTOR_FIELD: [1.0, 0.5],
+        **chunk_metadata(
+            source=source,
+            title="t",
+            section="",
+            page=None,
+            index=index,
+            total=2,
+            text=source,
+            file_hash=digest,
+            file_size=1,
+            ingested_at="2025-01-01T00:00:00+00:00",
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusClient]:
+    """A Milvus Lite collection holding one first and one second chunk per hostile name."""
+    path = str(tmp_path_factory.mktemp("filters") / "filters.db")
+    milvus = MilvusClient(uri=path)
+    ensure_collection(milvus, COLLECTION, CollectionIdentity("test-model", DIMENSION))
+    rows = [_row(s, index=i) for s in HOSTILE + OTHERS for i in (0, 1)]
+    milvus.insert(COLLECTION, rows)
+    yield milvus
+    milvus.close()
+    server_manager_instance.release_server(path)
+
+
+def _sources(client: MilvusClient, expr: str) -> list[str]:
+    rows = client.query(COLLECTION, filter=expr, output_fields=["source"], limit=1000)
+    return sorted(str(r["source"]) for r in rows)
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=repr)
+def test_a_hostile_source_is_found_and_nothing_else(client: MilvusClient, value: str) -> None:
+    assert _sources(client, source_expr(value)) == [value, value]
+    assert _sources(client, sources_expr([value])) == [value, value]
+    assert _sources(client, version_expr(value, "h1", same=True)) == [value, value]
+    assert _sources(client, version_expr(value, "h1", same=False)) == []
+    assert _sources(client, ids_expr([chunk_id(value, "h1", 0)])) == [value]
+
+
+def test_several_hostile_sources_in_one_expression(client: MilvusClient) -> None:
+    picked = HOSTILE[:4]
+    assert _sources(client, sources_expr(picked)) == sorted(picked * 2)
+    every = _sources(client, "")
+    assert len(every) == 2 * len(HOSTILE + OTHERS)
+
+
+def test_first_chunks_are_one_row_per_file(client: MilvusClient) -> None:
+    assert _sources(client, first_chunks_expr()) == sorted(HOSTILE + OTHERS)
+
+
+def test_quote_escapes_what_ends_a_literal() -> None:
+    assert quote('a"b') == '"a\\"b"'
+    assert quote("a\\") == '"a\\\\"'
+    assert quote("a\nb") == '"a\\nb"'
+
+
+# --- no filter is built anywhere else ------------------------------------------------------
+
+FILTERS_MODULE = REPO_ROOT / "rag" / "store" / "filters.py"
+SCANNED = [REPO_ROOT / "rag", REPO_ROOT / "ingest"]
+FIELDS = [PRIMARY_FIELD, TEXT_FIELD, *METADATA_FIELDS]
+# Text that only a Milvus expression contains: a comparison with a string literal, a
+# list membership, or a schema field followed by a comparison operator.
+EXPRESSION_TEXT = re.compile(
+    r' == "| != "| in \[|\bpk in\b|\bsource ==|'
+    rf"\b(?:{'|'.join(FIELDS)})\s*(?:==|!=|>=|<=|>|<|\bin\b|\blike\b)"
+)
+EXPRESSION_KEYWORDS = {"filter", "expr"}
+
+
+def _literal_text(node: ast.AST) -> str:
+    """The fixed text of a string-building expression (f-string parts, concatenated
+    literals, a %-template or a ``.format`` template), or "" if it builds no string."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_literal_text(part) for part in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mod):
+        return _literal_text(node.left) + "\x00" + _literal_text(node.right)
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "format"
+    ):
+        return _literal_text(node.func.value)
+    return ""
+
+
+def _is_built(node: ast.AST) -> bool:
+    return isinstance(node, ast.JoinedStr | ast.BinOp) or (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("format", "join")
+    )
+
+
+def built_filters(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, why) for each filter expression ``path`` builds itself."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if _is_built(node) and EXPRESSION_TEXT.search(_literal_text(node)):
+            yield node.lineno, "builds expression text"
+        if isinstance(node, ast.keyword) and node.arg in EXPRESSION_KEYWORDS:
+            value = node.value
+            literal = isinstance(value, ast.Constant) and value.value not in ("", None)
+            if literal or _is_built(value):
+                yield node.lineno, f"passes {node.arg}= a string made here"
+
+
+def test_every_filter_is_built_by_the_filters_module() -> None:
+    found = []
+    for root in SCANNED:
+        for path in sorted(root.rglob("*.py")):
+            if path == FILTERS_MODULE:
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for line, why in built_filters(path):
+                where = path.relative_to(REPO_ROOT)
+                found.append(f"{where}:{line}: {why}: {lines[line - 1].strip()}")
+    assert not found, "filters built outside rag/store/filters.py:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        'client.query(c, filter=f"source == {quote(s)}")',
+        "expr = 'pk in [' + ', '.join(ids) + ']'",
+        'expr = "chunk_index == %d" % n',
+        'expr = "file_hash != {}".format(h)',
+        "store.adelete(expr='source != \"\"')",
+        'client.query(c, filter="chunk_index == 0")',
+    ],
+)
+def test_the_scan_catches_filters_built_by_hand(tmp_path: Path, code: str) -> None:
+    module = tmp_path / "module.py"
+    module.write_text(code + "\n", encoding="utf-8")
+    assert list(built_filters(module)), code
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        'if mode == "dense":\n    pass',
+        "client.query(c, filter=source_expr(s))",
+        'client.query(c, filter="", output_fields=["count(*)"])',
+        'label = f"{name} in {folder}"',
+    ],
+)
+def test_the_scan_leaves_ordinary_code_alone(tmp_path: Path, code: str) -> None:
+    module = tmp_path / "module.py"
+    module.write_text(code + "\n", encoding="utf-8")
+    assert not list(built_filters(module)), code
