@@ -212,7 +212,9 @@ def _first_problem(error: ValidationError, row: object) -> str:
     """The one problem to show: an unknown key first (a typo explains the rest), then the
     first field in the order of _GoldRow."""
     problems = error.errors(include_url=False)
-    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")
+    unknown = sorted(
+        str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden" and len(p["loc"]) == 1
+    )
     if unknown:
         return f"unknown field {unknown[0]!r} (known: {', '.join(sorted(KNOWN_KEYS))})"
     return _wording(problems[0], row)
