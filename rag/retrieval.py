@@ -13,18 +13,32 @@ loop, and it cannot search only the sparse field of a dense + sparse collection.
 
 Every hit's ``score`` is its cosine similarity to the question, whatever the mode,
 so the relevance floor means the same thing in all of them.
+
+``PassageRetriever`` is the same search as a LangChain ``BaseRetriever``, so it composes
+in anyone's LCEL chain and shows up in LangChain tracing as a retriever run. Its sync
+path runs the same requests through the store's *sync* clients: the async client is bound
+to the event loop that first used it (pymilvus' ``AsyncConnectionManager`` keeps one
+connection per loop and ``AsyncMilvusClient`` caches its handler), so running the async
+search in a fresh ``asyncio.run`` fails with "Event loop is closed".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever, LangSmithRetrieverParams
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
+from langchain_milvus import Milvus
+from pydantic import TypeAdapter, model_validator
 from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
 from rag.choices import Ranker, SearchMode
@@ -38,8 +52,6 @@ from rag.store.schema import (
 )
 
 if TYPE_CHECKING:
-    from langchain_milvus import Milvus
-
     from rag.config import Settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +134,47 @@ async def retrieve(store: Milvus, question: str, options: SearchOptions) -> list
     return await _lexical(store, question, options, expr, mode)
 
 
+def _retrieve_blocking(store: Milvus, question: str, options: SearchOptions) -> list[Hit]:
+    """``retrieve`` through the store's sync clients, for callers without an event loop.
+
+    The same requests and the same scoring as the async path (shared helpers below);
+    only the I/O differs, and the two MMR searches of the dense path run one after the
+    other instead of concurrently.
+    """
+    expr = sources_expr(options.sources) if options.sources else None
+    mode = effective_mode(store, options.mode)
+    if mode == "dense":
+        if not options.mmr:
+            scored = store.similarity_search_with_score(question, k=options.k, expr=expr)
+            return [Hit(doc, float(score)) for doc, score in scored]
+        fetch_k = _fetch_k(options)
+        picked = store.max_marginal_relevance_search(
+            question, k=options.k, fetch_k=fetch_k, expr=expr
+        )
+        return _lend_scores(
+            picked, store.similarity_search_with_score(question, k=fetch_k, expr=expr)
+        )
+    query_vector = store.embeddings.embed_query(question)
+    search = _lexical_search(store, question, options, expr, mode, query_vector)
+    client = store.client
+    results = (client.hybrid_search if search.hybrid else client.search)(**search.arguments)
+    documents = _documents(results)
+    if not documents:
+        return []
+    rows = client.get(store.collection_name, ids=_ids(documents), output_fields=[VECTOR_FIELD])
+    return _rank(documents, rows, query_vector, options)
+
+
+def _fetch_k(options: SearchOptions) -> int:
+    return max(options.fetch_k, options.k)
+
+
+def _lend_scores(picked: list[Document], scored: list[tuple[Document, float]]) -> list[Hit]:
+    """MMR picks with the scores the plain search gave the same passages."""
+    scores = {doc.metadata.get(PRIMARY_FIELD): float(score) for doc, score in scored}
+    return [Hit(doc, scores.get(doc.metadata.get(PRIMARY_FIELD), 0.0)) for doc in picked]
+
+
 async def _dense(
     store: Milvus, question: str, options: SearchOptions, expr: str | None
 ) -> list[Hit]:
@@ -133,55 +186,108 @@ async def _dense(
     if not options.mmr:
         scored = await store.asimilarity_search_with_score(question, k=options.k, expr=expr)
         return [Hit(doc, float(score)) for doc, score in scored]
-    fetch_k = max(options.fetch_k, options.k)
+    fetch_k = _fetch_k(options)
     picked, scored = await asyncio.gather(
         store.amax_marginal_relevance_search(question, k=options.k, fetch_k=fetch_k, expr=expr),
         store.asimilarity_search_with_score(question, k=fetch_k, expr=expr),
     )
-    scores = {doc.metadata.get(PRIMARY_FIELD): float(score) for doc, score in scored}
-    return [Hit(doc, scores.get(doc.metadata.get(PRIMARY_FIELD), 0.0)) for doc in picked]
+    return _lend_scores(picked, scored)
+
+
+@dataclass(frozen=True)
+class _LexicalSearch:
+    """One BM25 or hybrid request; the async and the sync client take the same arguments."""
+
+    hybrid: bool
+    arguments: dict[str, Any]
+
+
+def _lexical_search(
+    store: Milvus,
+    question: str,
+    options: SearchOptions,
+    expr: str | None,
+    mode: SearchMode,
+    query_vector: list[float],
+) -> _LexicalSearch:
+    limit = _fetch_k(options) if options.mmr else options.k
+    if mode == "bm25":
+        return _LexicalSearch(
+            hybrid=False,
+            arguments={
+                "collection_name": store.collection_name,
+                "data": [question],
+                "anns_field": SPARSE_FIELD,
+                "search_params": BM25_PARAMS,
+                "limit": limit,
+                "filter": expr,
+                "output_fields": OUTPUT_FIELDS,
+            },
+        )
+    # Each side brings its own candidates; fusion then picks the best `limit`.
+    candidates = max(options.fetch_k, limit)
+    requests = [
+        AnnSearchRequest([query_vector], VECTOR_FIELD, COSINE_PARAMS, candidates, expr),
+        AnnSearchRequest([question], SPARSE_FIELD, BM25_PARAMS, candidates, expr),
+    ]
+    ranker: Any = (
+        RRFRanker(options.rrf_k)
+        if options.ranker == "rrf"
+        else WeightedRanker(options.dense_weight, 1 - options.dense_weight)
+    )
+    return _LexicalSearch(
+        hybrid=True,
+        arguments={
+            "collection_name": store.collection_name,
+            "reqs": requests,
+            "ranker": ranker,
+            "limit": limit,
+            "output_fields": OUTPUT_FIELDS,
+        },
+    )
 
 
 async def _lexical(
     store: Milvus, question: str, options: SearchOptions, expr: str | None, mode: SearchMode
 ) -> list[Hit]:
     """BM25 or hybrid search, then cosine scores (and MMR) from the hits' own vectors."""
-    limit = max(options.fetch_k, options.k) if options.mmr else options.k
     query_vector = await store.embeddings.aembed_query(question)
-    if mode == "bm25":
-        results = await store.aclient.search(
-            store.collection_name,
-            data=[question],
-            anns_field=SPARSE_FIELD,
-            search_params=BM25_PARAMS,
-            limit=limit,
-            filter=expr,
-            output_fields=OUTPUT_FIELDS,
-        )
-    else:
-        # Each side brings its own candidates; fusion then picks the best `limit`.
-        candidates = max(options.fetch_k, limit)
-        requests = [
-            AnnSearchRequest([query_vector], VECTOR_FIELD, COSINE_PARAMS, candidates, expr),
-            AnnSearchRequest([question], SPARSE_FIELD, BM25_PARAMS, candidates, expr),
-        ]
-        ranker: Any = (
-            RRFRanker(options.rrf_k)
-            if options.ranker == "rrf"
-            else WeightedRanker(options.dense_weight, 1 - options.dense_weight)
-        )
-        results = await store.aclient.hybrid_search(
-            store.collection_name,
-            reqs=requests,
-            ranker=ranker,
-            limit=limit,
-            output_fields=OUTPUT_FIELDS,
-        )
-    documents = [_document(hit) for hit in (results[0] if results else [])]
+    search = _lexical_search(store, question, options, expr, mode, query_vector)
+    client = store.aclient
+    results = await (client.hybrid_search if search.hybrid else client.search)(**search.arguments)
+    documents = _documents(results)
     if not documents:
         return []
-    vectors = await _vectors(store, [str(d.metadata[PRIMARY_FIELD]) for d in documents])
-    matrix = np.array([vectors[str(d.metadata[PRIMARY_FIELD])] for d in documents])
+    rows = await client.get(
+        store.collection_name, ids=_ids(documents), output_fields=[VECTOR_FIELD]
+    )
+    return _rank(documents, rows, query_vector, options)
+
+
+def _documents(results: Any) -> list[Document]:
+    return [_document(hit) for hit in (results[0] if results else [])]
+
+
+def _document(hit: dict[str, Any]) -> Document:
+    entity = dict(hit.get("entity") or {})
+    entity.setdefault(PRIMARY_FIELD, hit.get("id"))
+    text = str(entity.pop(TEXT_FIELD, ""))
+    return Document(page_content=text, metadata=entity)
+
+
+def _ids(documents: list[Document]) -> list[str]:
+    return [str(d.metadata[PRIMARY_FIELD]) for d in documents]
+
+
+def _rank(
+    documents: list[Document],
+    rows: list[dict[str, Any]],
+    query_vector: list[float],
+    options: SearchOptions,
+) -> list[Hit]:
+    """Cosine scores from the hits' stored vectors, in search order or MMR order."""
+    vectors = {str(row[PRIMARY_FIELD]): list(row[VECTOR_FIELD]) for row in rows}
+    matrix = np.array([vectors[pk] for pk in _ids(documents)])
     query = np.array(query_vector)
     cosines = matrix @ query / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query) + 1e-12)
     order = (
@@ -192,13 +298,89 @@ async def _lexical(
     return [Hit(documents[i], float(cosines[i])) for i in order]
 
 
-def _document(hit: dict[str, Any]) -> Document:
-    entity = dict(hit.get("entity") or {})
-    entity.setdefault(PRIMARY_FIELD, hit.get("id"))
-    text = str(entity.pop(TEXT_FIELD, ""))
-    return Document(page_content=text, metadata=entity)
+# --------------------------------------------------------------------------------------------
+# The same search as a LangChain retriever
+# --------------------------------------------------------------------------------------------
+
+SCORE_KEY = "score"  # the metadata key of a retrieved Document's cosine score
+OPTION_NAMES = frozenset(f.name for f in fields(SearchOptions))
+# A plain dataclass does not check its Literal fields; pydantic does, from a dict (it
+# passes a dataclass *instance* through unchecked: revalidate_instances is "never").
+_OPTIONS_ADAPTER = TypeAdapter(SearchOptions)
 
 
-async def _vectors(store: Milvus, ids: list[str]) -> dict[str, list[float]]:
-    rows = await store.aclient.get(store.collection_name, ids=ids, output_fields=[VECTOR_FIELD])
-    return {str(row[PRIMARY_FIELD]): list(row[VECTOR_FIELD]) for row in rows}
+def with_overrides(options: SearchOptions, overrides: dict[str, Any]) -> SearchOptions:
+    """``options`` with some fields replaced, checked (an unknown name is a TypeError)."""
+    unknown = set(overrides) - OPTION_NAMES
+    if unknown:
+        raise TypeError(
+            f"unknown search option(s) {sorted(unknown)}; expected some of {sorted(OPTION_NAMES)}"
+        )
+    if not overrides:
+        return options
+    return _OPTIONS_ADAPTER.validate_python({**asdict(options), **overrides})
+
+
+def hit_document(hit: Hit) -> Document:
+    """A hit as a Document of its own: the score in ``metadata["score"]``, the pk as id."""
+    pk = hit.document.metadata.get(PRIMARY_FIELD)
+    return Document(
+        page_content=hit.document.page_content,
+        metadata={**hit.document.metadata, SCORE_KEY: hit.score},
+        id=str(pk) if pk is not None else None,
+    )
+
+
+class PassageRetriever(BaseRetriever):
+    """This app's search (dense, BM25 or hybrid; MMR; source filter) as a retriever.
+
+    Every ``SearchOptions`` field can be given to the constructor, over ``options``
+    (``PassageRetriever(store=store, options=search_options(settings), k=3)``), or per
+    call (``retriever.invoke(question, k=1, mode="bm25")``). Documents come back best
+    first with their cosine score in ``metadata["score"]``.
+    """
+
+    # BaseRetriever's model config already has arbitrary_types_allowed, which a Milvus
+    # store field needs (it is not a pydantic type); pydantic then checks isinstance.
+    store: Milvus
+    options: SearchOptions = SearchOptions()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_search_fields(cls, data: Any) -> Any:
+        """Top-level search fields (``k=3``, as the LangChain standard tests pass it)."""
+        if not isinstance(data, dict) or not OPTION_NAMES & data.keys():
+            return data
+        rest = {name: value for name, value in data.items() if name not in OPTION_NAMES}
+        overrides = {name: data[name] for name in OPTION_NAMES & data.keys()}
+        base = rest.get("options", SearchOptions())
+        if not isinstance(base, SearchOptions):  # a dict, say, from a config file
+            base = _OPTIONS_ADAPTER.validate_python(base)
+        rest["options"] = with_overrides(base, overrides)
+        return rest
+
+    def _get_ls_params(self, **kwargs: Any) -> LangSmithRetrieverParams:
+        """What LangChain tracing records about the retriever, as VectorStoreRetriever does."""
+        params = super()._get_ls_params(**kwargs)
+        params["ls_vector_store_provider"] = type(self.store).__name__
+        if self.store.embeddings is not None:
+            params["ls_embedding_provider"] = type(self.store.embeddings).__name__
+        return params
+
+    def _options(self, overrides: dict[str, Any]) -> SearchOptions:
+        # BaseRetriever.invoke reads `verbose` from the call's kwargs for its callback
+        # manager and passes every kwarg on: it is not a search option.
+        overrides.pop("verbose", None)
+        return with_overrides(self.options, overrides)
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **overrides: Any
+    ) -> list[Document]:
+        hits = _retrieve_blocking(self.store, query, self._options(overrides))
+        return [hit_document(hit) for hit in hits]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **overrides: Any
+    ) -> list[Document]:
+        hits = await retrieve(self.store, query, self._options(overrides))
+        return [hit_document(hit) for hit in hits]
