@@ -179,11 +179,13 @@ async def _starters(user: cl.User | None = None, language: str | None = None) ->
 
 
 async def _source_names(helper: Assistant) -> list[str]:
-    from rag.store.records import stored_sources
+    """The stored documents, from the catalog the process keeps (one scan per change)."""
+    from rag.store.catalog import source_names
+    from rag.store.milvus import MILVUS_ERRORS
 
     try:
-        return sorted(await stored_sources(helper.services.store))
-    except Exception:  # the filter list is a convenience; the chat works without it
+        return await source_names(helper.services.store)
+    except MILVUS_ERRORS:  # the filter list is a convenience; the chat works without it
         return []
 
 
@@ -305,7 +307,11 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
                 lines.append(f"❌ {error}")
         step.output = "\n".join(lines) or "No files received."
     await cl.Message(content="\n".join(lines)).send()
-    # One listing of the collection serves both the welcome page and the filter.
+    # One listing of the collection serves both the welcome page and the filter; the
+    # upload changed the collection, so the catalog is read again.
+    from rag.store.catalog import invalidate
+
+    invalidate(helper.services.store)
     sources = await _source_names(helper)
     await refresh_welcome(helper, sources)
     await send_settings(helper, sources)  # the new file joins the document filter
