@@ -13,7 +13,7 @@ How, for each sentence of the answer:
   dates, amounts and names stay;
 - each is looked up in the passages the sentence cites ([1] is ``passages[0]``), or in all
   of them when it cites none; words are compared after the same normalisation the
-  evaluation uses (``rag.eval.run.normalise``: case, accents, ``1,200`` = ``1200``,
+  evaluation uses (``rag.answer.text.normalise``: case, accents, ``1,200`` = ``1200``,
   ``€`` = ``EUR``, ``eight`` = ``8``) and a small suffix stripper, so "approves",
   "approval" and "approved" match;
 - numbers, identifiers and names are *facts*: one that is missing makes the sentence
