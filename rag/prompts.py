@@ -2,6 +2,10 @@
 
 They are loaded once and their variables checked at start-up: a prompt missing
 ``{context}`` would otherwise fail on the first question, in front of a user.
+
+The files ship inside the package as ``rag/prompts_data`` (a symlink onto ``prompts/`` in the
+repository, copied as plain files into a wheel), and are found with ``importlib.resources``:
+an installed wheel has no source tree to look in.
 """
 
 from __future__ import annotations
@@ -9,13 +13,18 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from langchain_core.prompts import ChatPromptTemplate
 
 from rag.errors import ConfigError
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+# Asked of ``rag`` rather than of the ``rag.prompts_data`` namespace package (no __init__.py:
+# the folder is prompts/ itself): for a package on disk, a wheel or an editable install,
+# importlib.resources answers ``rag`` with a pathlib.Path (readers.FileReader) but a namespace
+# package with a MultiplexedPath, which shutil and friends cannot take as a folder.
+PROMPTS_DIR: Traversable = files("rag") / "prompts_data"
 
 REQUIRED = {
     "answer_system.md": set(),
@@ -30,7 +39,7 @@ class Prompts:
     condense: ChatPromptTemplate
 
 
-def _read(folder: Path, name: str) -> str:
+def _read(folder: Traversable, name: str) -> str:
     path = folder / name
     try:
         text = path.read_text(encoding="utf-8")
@@ -46,7 +55,7 @@ def _read(folder: Path, name: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def load_prompts(folder: Path = PROMPTS_DIR) -> Prompts:
+def load_prompts(folder: Traversable = PROMPTS_DIR) -> Prompts:
     """Load and check every prompt file (cached: prompts are read once per process)."""
     system = _read(folder, "answer_system.md")
     human = _read(folder, "answer_human.md")

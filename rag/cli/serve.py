@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,10 @@ import typer
 from rag.cli.app import CollectionOption, app, console, errors, fail, settings_or_exit
 from rag.config import SQLITE_PREFIX
 from rag.errors import RagError
+
+# Where the package sits: the repository in a source checkout (an editable install), the
+# site-packages folder in an installed wheel, which has no bench/.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @app.command()
@@ -24,7 +29,7 @@ def ui(
     import subprocess
 
     from rag.local.server import LocalLLMServer
-    from rag.ui.welcome import PROJECT_ROOT, prepare_app_root
+    from rag.ui.welcome import prepare_app_root
 
     settings = settings_or_exit(collection=collection)
     env = dict(os.environ) | settings.to_env()
@@ -48,10 +53,12 @@ def ui(
                 raise fail(error) from None
             env["RAG_LLM_MODEL"] = server.name
         console.print(f"[bold green]chat UI:[/] http://{host}:{port}", highlight=False)
-        target = str(PROJECT_ROOT / "rag" / "ui" / "chat.py")
-        command = [sys.executable, "-m", "chainlit", "run", target,
-                   "--headless", "--host", host, "--port", str(port)]  # fmt: skip
-        raise typer.Exit(subprocess.call(command, env=env, cwd=env["CHAINLIT_APP_ROOT"]))
+        # `chainlit run` takes a file name; as_file gives the packaged module's own path
+        # for a package on disk (and a temporary copy only for a zipped one).
+        with as_file(files("rag.ui") / "chat.py") as target:
+            command = [sys.executable, "-m", "chainlit", "run", str(target),
+                       "--headless", "--host", host, "--port", str(port)]  # fmt: skip
+            raise typer.Exit(subprocess.call(command, env=env, cwd=env["CHAINLIT_APP_ROOT"]))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
     finally:
@@ -66,10 +73,8 @@ def bench(
     """Run the benchmarks in bench/ side by side and write bench/results/."""
     import subprocess
 
-    from rag.ui.welcome import PROJECT_ROOT
-
-    if not (PROJECT_ROOT / "bench").is_dir():
+    if not (SOURCE_ROOT / "bench" / "__main__.py").is_file():
         errors.print("[bold red]error[/]: bench/ is only in a source checkout of the project")
         raise typer.Exit(2)
     command = [sys.executable, "-m", "bench", *(["--quick"] if quick else [])]
-    raise typer.Exit(subprocess.call(command, cwd=PROJECT_ROOT))
+    raise typer.Exit(subprocess.call(command, cwd=SOURCE_ROOT))

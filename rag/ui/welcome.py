@@ -4,24 +4,28 @@ Chainlit reads ``chainlit.md`` from its app root on every page load, so the UI
 runs from a runtime folder (``data/ui``) where the committed ``chainlit.md`` is
 rendered with what is actually in the collection and which models answer: a
 presenter can tell local and hosted modes apart, and a visitor sees what to ask.
+
+The template and the Chainlit config ship inside ``rag.ui`` (symlinks onto ``chainlit.md``
+and ``.chainlit/config.toml`` at the top of the repository, plain files in a wheel) and are
+read with ``importlib.resources``, so an installed wheel needs no source tree.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from rag.choices import SEARCH_WORDS
 from rag.prompts import PROMPTS_DIR
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = PROJECT_ROOT / "chainlit.md"
-CHAINLIT_CONFIG = PROJECT_ROOT / ".chainlit" / "config.toml"
+TEMPLATE: Traversable = files("rag.ui") / "chainlit.md"
+CHAINLIT_CONFIG: Traversable = files("rag.ui") / "chainlit_config.toml"
 MAX_LISTED = 40
 
 
-def load_starters(path: Path = PROMPTS_DIR / "starters.md") -> list[tuple[str, str]]:
+def load_starters(path: Traversable = PROMPTS_DIR / "starters.md") -> list[tuple[str, str]]:
     """(label, question) pairs from ``- Label: question`` lines; comments are skipped."""
     if not path.is_file():
         return []
@@ -37,8 +41,11 @@ def prepare_app_root(ui_dir: Path) -> Path:
     """Blocking: make the runtime Chainlit folder with our config and the welcome template."""
     ui_dir = ui_dir.resolve()
     (ui_dir / ".chainlit").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(CHAINLIT_CONFIG, ui_dir / ".chainlit" / "config.toml")
-    shutil.copyfile(TEMPLATE, ui_dir / "chainlit.md")
+    # Read before writing: in a source checkout run with the repository as the app root
+    # the target is the template itself (through its symlink), and copyfile would refuse.
+    config, template = CHAINLIT_CONFIG.read_bytes(), TEMPLATE.read_bytes()
+    (ui_dir / ".chainlit" / "config.toml").write_bytes(config)
+    (ui_dir / "chainlit.md").write_bytes(template)
     return ui_dir
 
 
@@ -76,8 +83,13 @@ def render_welcome(
     return "\n".join(lines) + "\n"
 
 
+def _is_template(path: Path) -> bool:
+    """Whether ``path`` is the packaged template, under any name (the symlink or its target)."""
+    return isinstance(TEMPLATE, Path) and path.resolve() == TEMPLATE.resolve()
+
+
 def write_welcome(app_root: Path, text: str) -> None:
     """Blocking: write the rendered page, but never over the committed template."""
     target = app_root.resolve() / "chainlit.md"
-    if target != TEMPLATE:
+    if not _is_template(target):
         target.write_text(text, encoding="utf-8")

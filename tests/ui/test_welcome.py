@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rag.prompts import PROMPTS_DIR
 from rag.ui.welcome import (
+    CHAINLIT_CONFIG,
     TEMPLATE,
     describe_search,
     load_starters,
@@ -12,6 +14,18 @@ from rag.ui.welcome import (
     render_welcome,
     write_welcome,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_packaged_files_are_the_committed_ones() -> None:
+    """The package reads prompts/, chainlit.md and .chainlit/config.toml, not copies of them."""
+    assert TEMPLATE.read_bytes() == (REPO_ROOT / "chainlit.md").read_bytes()
+    assert CHAINLIT_CONFIG.read_bytes() == (REPO_ROOT / ".chainlit" / "config.toml").read_bytes()
+    committed = sorted(p.name for p in (REPO_ROOT / "prompts").iterdir())
+    assert sorted(p.name for p in PROMPTS_DIR.iterdir()) == committed
+    for name in committed:
+        assert (PROMPTS_DIR / name).read_bytes() == (REPO_ROOT / "prompts" / name).read_bytes()
 
 
 def test_bundled_starters_load() -> None:
@@ -52,8 +66,11 @@ def test_runtime_root_gets_config_and_page_but_template_is_never_overwritten(
     write_welcome(root, "rendered")
     assert (root / "chainlit.md").read_text() == "rendered"
     before = TEMPLATE.read_text()
+    assert isinstance(TEMPLATE, Path), "a package on disk: importlib.resources gives a path"
     write_welcome(TEMPLATE.parent, "must not land")
     assert TEMPLATE.read_text() == before
+    write_welcome(REPO_ROOT, "must not land either")  # where the template's one copy lives
+    assert (REPO_ROOT / "chainlit.md").read_text() == before
 
 
 def test_welcome_says_how_passages_are_found_and_why_keywords_are_off() -> None:
