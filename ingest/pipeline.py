@@ -1,43 +1,44 @@
-"""The async ingestion pipeline: discover -> prepare (hash, load, split) -> embed -> write.
+"""The async ingestion pipeline: prepare (hash, plan, load, split) -> batch -> embed -> write.
 
-Stages are joined by bounded queues, so a slow stage (usually embedding) makes
-the faster ones wait instead of filling memory. Embedding and writing are separate
-stages with ``concurrency`` tasks each: ``aembed_documents`` on the store's
-embeddings, then ``aadd_embeddings``, the two halves of langchain-milvus'
+Stages are joined by bounded queues, so a slow stage (usually embedding) makes the faster
+ones wait instead of filling memory. Each stage's workers run in a task group; when the
+group has finished, the stage tells every worker of the next one to stop, and any failure
+ends the whole run at once (a task group cancels the rest). Embedding and writing are
+separate stages with ``concurrency`` tasks and ``WRITERS`` tasks: ``aembed_documents`` on
+the store's embeddings, then ``aadd_embeddings``, the two halves of langchain-milvus'
 ``aadd_documents``. Joined in one call, a task waiting on the embedding API could not
 insert and one inserting could not embed, and the run went at about two thirds of its
-slowest stage (bench/ingest_scale.py measured it).
+slowest stage (bench/ingest_scale.py measured it). A file is done when the writes of the
+batches holding its chunks have finished; what it needs is decided by ``ingest.plan``, and
+every call to Milvus or the embedding API goes through ``ingest.retry``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from langchain_core.documents import Document
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    wait_exponential,
-    wait_random,
-)
 
-from ingest.discover import FoundFile, discover, is_single_file, wanted
+from ingest.discover import FoundFile, discover, is_single_file
 from ingest.loaders import LoadedFile, LoadError, load
+from ingest.plan import UPLOADS_PREFIX, FilePlan, Planner, Scope
+from ingest.report import FileOutcome, IngestReport, Reporter, SilentReporter, Status
+from ingest.retry import RATE_LIMIT_PATIENCE, Retrier, RetryPolicy
 from ingest.split import Chunk, Splitter
-from rag.errors import IngestFailed, ModelUnavailable, RagError, StoreUnavailable
 from rag.store import records
-from rag.store.filters import ids_expr, source_expr, version_expr
+from rag.store.filters import ids_expr, source_expr
 from rag.store.schema import chunk_id, chunk_metadata, file_hash
 
 if TYPE_CHECKING:
@@ -45,72 +46,36 @@ if TYPE_CHECKING:
 
     from rag.config import Settings
 
+__all__ = [
+    "UPLOADS_PREFIX",
+    "WRITERS",
+    "FileOutcome",
+    "IngestReport",
+    "Pipeline",
+    "Reporter",
+    "SilentReporter",
+    "Status",
+    "ingest_path",
+]
+
 log = logging.getLogger(__name__)
 
-Status = Literal["added", "updated", "unchanged", "removed", "skipped", "failed"]
 PREPARERS = 2  # loading/splitting is cheap next to embedding; two overlap disk and CPU
+# Two writers keep up with any embedding stage we measured (Milvus takes 2,000+ rows/s, as
+# fast on Lite with 2 as with 8: its inserts use this process' CPU), and each holds a batch
+# with its vectors in memory.
 WRITERS = 2
-UPLOADS_PREFIX = "uploads/"  # sources added through the chat UI
-MATERIALISE_LIMIT = 1024 * 1024  # characters of chunks held before a file is streamed
-MAX_RETRY_AFTER = 120.0  # a longer Retry-After is capped: the run says so rather than hang
-# A rate limit is not an outage: the API works, it only asks us to slow down, so a call
-# keeps trying for this long (each wait as long as Retry-After asks) instead of a number
-# of attempts. A per-minute quota needs up to a minute per window to free up.
-RATE_LIMIT_PATIENCE = 900.0
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    source: str
-    status: Status
-    chunks: int = 0
-    reason: str = ""
-
-
-@dataclass
-class IngestReport:
-    """What one run did; ``ok`` is False when any file failed."""
-
-    outcomes: list[FileOutcome] = field(default_factory=list)
-    chunks_written: int = 0
-    seconds: float = 0.0
-
-    def count(self, status: Status) -> int:
-        return sum(1 for o in self.outcomes if o.status == status)
-
-    @property
-    def ok(self) -> bool:
-        return self.count("failed") == 0
-
-
-class Reporter(Protocol):
-    """Where progress goes: a rich progress bar on a terminal, log lines elsewhere."""
-
-    def files_found(self, total: int) -> None: ...
-    def file_done(self, outcome: FileOutcome) -> None: ...
-    def chunks_written(self, count: int) -> None: ...
-    def note(self, source: str, message: str) -> None: ...
-
-
-class SilentReporter:
-    def files_found(self, total: int) -> None: ...
-    def file_done(self, outcome: FileOutcome) -> None: ...
-    def chunks_written(self, count: int) -> None: ...
-    def note(self, source: str, message: str) -> None: ...
+BATCH_WAIT = 0.05  # seconds a partial batch waits for more chunks while more are arriving
 
 
 @dataclass
 class _FileJob:
-    """A file whose chunks are in flight; finished when every batch is written."""
+    """A file whose chunks are in flight: done when the writes in ``writes`` are."""
 
     found: FoundFile
-    digest: str
-    status: Status
-    pending: int = 0
+    plan: FilePlan
     chunks: int = 0
-    all_queued: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    error: BaseException | None = None
+    writes: list[asyncio.Future[None]] = field(default_factory=list)  # its batches'
 
 
 @dataclass(frozen=True)
@@ -128,21 +93,23 @@ class _Read:
 
 @dataclass(frozen=True)
 class _Piece:
-    """Up to batch_size consecutive chunks of one file."""
+    """Up to batch_size consecutive chunks of one file; ``last`` ends the file."""
 
     job: _FileJob
     documents: list[Document]
     ids: list[str]
+    last: bool = False
 
     def split(self, room: int) -> tuple[_Piece, _Piece | None]:
         """The first ``room`` chunks, and the rest (None when all fit), one write each."""
         if len(self.ids) <= room:
             return self, None
-        self.job.pending += 1  # the rest is one more write before the file is complete
-        return (
-            _Piece(self.job, self.documents[:room], self.ids[:room]),
-            _Piece(self.job, self.documents[room:], self.ids[room:]),
-        )
+        head = _Piece(self.job, self.documents[:room], self.ids[:room])
+        return head, _Piece(self.job, self.documents[room:], self.ids[room:], self.last)
+
+
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
 
 
 @dataclass
@@ -155,6 +122,15 @@ class _Batch:
 
     pieces: list[_Piece] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)  # set by the embed stage
+    written: asyncio.Future[None] = field(default_factory=_future)  # set by the write stage
+
+    def add(self, piece: _Piece) -> None:
+        if not piece.ids:
+            return
+        self.pieces.append(piece)
+        writes = piece.job.writes
+        if not writes or writes[-1] is not self.written:
+            writes.append(self.written)
 
     @property
     def documents(self) -> list[Document]:
@@ -166,21 +142,6 @@ class _Batch:
 
     def __len__(self) -> int:
         return sum(len(p.ids) for p in self.pieces)
-
-
-def _permanent(error: BaseException) -> bool:
-    """Errors no retry can fix: bad credentials, bad requests, our own checks.
-
-    A timeout of the embedding endpoint counts too: its client already retried it
-    (``rag.embeddings.EMBEDDING_RETRIES``), and retrying every timed-out try again here
-    would multiply the worst case (attempts x timeout) instead of bounding it.
-    """
-    if isinstance(error, (RagError, ValueError, TypeError, KeyError, AssertionError)):
-        return True
-    if type(error).__module__.startswith("openai") and "Timeout" in type(error).__name__:
-        return True
-    status = getattr(error, "status_code", None)
-    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
 
 
 class Pipeline:
@@ -205,18 +166,16 @@ class Pipeline:
         self.reporter = reporter or SilentReporter()
         self.include, self.exclude = include, exclude
         self.keep_missing = keep_missing
-        self.source_prefix = source_prefix
-        self.retry_attempts = retry_attempts
-        self.retry_max_wait = retry_max_wait
-        self.rate_limit_patience = rate_limit_patience
+        self.scope = Scope(source_prefix, include, exclude)
+        self._retry = Retrier(
+            RetryPolicy(retry_attempts, retry_max_wait, rate_limit_patience),
+            settings,
+            lambda line: self.reporter.note("(retry)", line),
+            # A restarted Milvus server comes back with the collection released.
+            reload=lambda: store.aclient.load_collection(store.collection_name),
+        )
         self.splitter = Splitter(settings.chunk_size, settings.chunk_overlap)
         self.report = IngestReport()
-        # Sources with rows when a folder run started (read once): a file not among them
-        # needs no per-file look-up, which dominated runs over thousands of new files.
-        # None (single files, chat uploads): look each file up.
-        self._stored_at_start: set[str] | None = None
-        self._released = False  # Milvus said the collection is not loaded (server restart)
-        self._preparers_left = self._embedders_left = 0  # stage tasks still running
         self.ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     async def run(self, root: Path) -> IngestReport:
@@ -228,212 +187,136 @@ class Pipeline:
         _base, walk = await asyncio.to_thread(discover, root, self.include, self.exclude)
         single_file = await asyncio.to_thread(is_single_file, root)
         found = [
-            FoundFile(f.path, self.source_prefix + f.source)
+            FoundFile(f.path, self.scope.prefix + f.source)
             for f in await asyncio.to_thread(list, walk)
         ]
         self.reporter.files_found(len(found))
-        if not single_file:
-            self._stored_at_start = await self._retry(records.stored_sources, self.store)
-        files: asyncio.Queue[FoundFile | None] = asyncio.Queue()
-        # Short queues: enough to keep every embedder busy (preparing is ~20x faster than
-        # embedding), little enough that a slow embedding stage holds only a few batches
-        # of text in memory (backpressure; tests/ingest/test_ingest_bad_input.py measures it).
-        pieces: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=2)
-        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=self.settings.concurrency)
-        for item in found:
-            files.put_nowait(item)
-        for _ in range(PREPARERS):
-            files.put_nowait(None)
-        concurrency = self.settings.concurrency
-        # One embedded batch waits at most: writers slower than embedding hold the
-        # embedders back. Two writers keep up with any embedding stage we measured
-        # (Milvus takes 2,000+ rows/s, as fast on Lite with 2 as with 8: its inserts use
-        # this process' CPU) and each holds a batch with its vectors in memory.
-        embedded: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=concurrency)
-        jobs: list[_FileJob] = []
-        self._preparers_left, self._embedders_left = PREPARERS, concurrency
-        writers = [asyncio.create_task(self._writer(embedded)) for _ in range(WRITERS)]
-        embedders = [
-            asyncio.create_task(self._embedder(batches, embedded, len(writers)))
-            for _ in range(concurrency)
-        ]
-        batcher = asyncio.create_task(self._batcher(pieces, batches, len(embedders)))
-        preparers = [
-            asyncio.create_task(self._preparer(files, pieces, jobs)) for _ in range(PREPARERS)
-        ]
-        stages = [*preparers, batcher, *embedders, *writers]
-        try:
-            # A stage that gives up (Milvus or the embedding API down past all retries)
-            # ends the run at once: every stage is watched until the last one ends.
-            await self._wait(stages)
-            await asyncio.gather(*(self._finish(job) for job in jobs))
-        finally:
-            await _cancel_all(stages)
+        self.planner = await Planner.start(self.store, self._retry, whole_folder=not single_file)
+        await self._stages(found)
         if not self.keep_missing and not single_file:
             await self._remove_missing({f.source for f in found})
         await self._flush()
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    async def _wait(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Wait for every task, but surface any task's failure the moment it happens."""
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+    async def _stages(self, found: list[FoundFile]) -> None:
+        """Run every stage to the end; the first failure of any stage stops them all.
+
+        Short queues: enough to keep every embedder busy (preparing is ~20x faster than
+        embedding), little enough that a slow embedding stage holds only a few batches of
+        text in memory (backpressure; tests/ingest/test_ingest_bad_input.py measures it),
+        and one embedded batch waits at most per writer slot, so slow writes hold the
+        embedders back.
+        """
+        files = iter(found)  # shared by the preparers: each takes the next file
+        pieces: asyncio.Queue[_Piece | None] = asyncio.Queue(maxsize=2)
+        concurrency = self.settings.concurrency
+        batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=concurrency)
+        embedded: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=concurrency)
+        try:
+            async with asyncio.TaskGroup() as run:
+                stages = (  # (workers, their work, the queue they feed and its readers)
+                    (PREPARERS, partial(self._preparer, files, pieces), pieces, 1),
+                    (1, partial(self._batcher, pieces, batches, run), batches, concurrency),
+                    (concurrency, partial(self._embedder, batches, embedded), embedded, WRITERS),
+                    (WRITERS, partial(self._writer, embedded), None, 0),
+                )
+                for workers, work, feeds, readers in stages:
+                    run.create_task(_stage(workers, work, feeds, readers))
+        except BaseExceptionGroup as failed:
+            error = _first(failed)
+            # The failure itself, as a run without stages would raise it; its cause is kept.
+            raise error from error.__cause__
 
     def _outcome(self, outcome: FileOutcome) -> None:
         self.report.outcomes.append(outcome)
         self.reporter.file_done(outcome)
 
-    async def _preparer(
-        self,
-        files: asyncio.Queue[FoundFile | None],
-        pieces: asyncio.Queue[_Piece | None],
-        jobs: list[_FileJob],
-    ) -> None:
-        while (found := await files.get()) is not None:
+    async def _preparer(self, files: Iterator[FoundFile], pieces: asyncio.Queue[Any]) -> None:
+        for found in files:
             try:
-                job = await self._prepare(found, pieces)
+                await self._prepare(found, pieces)
             except LoadError as error:
                 self._outcome(FileOutcome(found.source, "failed", reason=str(error)))
-                continue
-            if job is not None:
-                jobs.append(job)
-        self._preparers_left -= 1
-        if self._preparers_left == 0:  # the last one out tells the batcher to finish
-            await pieces.put(None)
 
-    async def _prepare(
-        self, found: FoundFile, pieces: asyncio.Queue[_Piece | None]
-    ) -> _FileJob | None:
-        """Decide what a file needs and queue its batches; None when nothing is to write.
+    async def _prepare(self, found: FoundFile, pieces: asyncio.Queue[Any]) -> None:
+        """Plan a file and queue its chunks, the last piece marked; or report it done.
 
         The blocking work (hash, load, split) runs in as few thread hops as it can: under
         load each hop waits for the GIL (milvus-lite inserts run in this process), and five
         hops per file made preparing the slowest stage of the pipeline though it is 20x
         faster than embedding alone.
         """
-        if self._stored_at_start is not None and found.source not in self._stored_at_start:
-            # A file the collection has never seen: nothing to look up, one hop for all.
+        if self.planner.is_new(found.source):  # nothing to look up: one hop for all
             digest, read = await asyncio.to_thread(self._hash_and_read, found)
-            stored = records.StoredFile(0, 0, None)
+            plan = await self.planner.plan(found.source, digest)
         else:
             digest = await asyncio.to_thread(_hash, found)
-            stored = await self._retry(records.stored_file, self.store, found.source, digest)
-            if stored.complete:
-                self._outcome(FileOutcome(found.source, "unchanged", stored.rows))
-                return None
+            plan = await self.planner.plan(found.source, digest)
+            if plan.unchanged:
+                self._outcome(FileOutcome(found.source, "unchanged", plan.stored.rows))
+                return
             read = await asyncio.to_thread(self._read, found)
         for note in read.loaded.notes:
             self.reporter.note(found.source, note)
-        total = read.total
-        if total == 0:
-            if stored.rows:
-                # The file was emptied: its old chunks no longer say anything it says.
-                await self._retry(records.delete_where, self.store, source_expr(found.source))
-            self._outcome(
-                FileOutcome(found.source, "skipped", reason="no text to index (empty file)")
-            )
-            return None
-        if stored.current_rows:
-            # Leftovers of an interrupted run of this same version: rewrite it whole.
-            await self._retry(
-                records.delete_where,
-                self.store,
-                version_expr(found.source, digest, same=True),
-            )
-        status: Status = "updated" if stored.rows > stored.current_rows else "added"
-        job = _FileJob(found, digest, status)
+        if (clear := plan.clear_first(read.total)) is not None:
+            await self._retry(records.delete_where, self.store, clear)
+        if read.total == 0:
+            reason = "no text to index (empty file)"
+            self._outcome(FileOutcome(found.source, "skipped", reason=reason))
+            return
+        job = _FileJob(found, plan)
+        # One piece behind, so the last one is marked (a streamed file's count is only
+        # known to be right once its stream ends); a file whose stream came out empty
+        # still ends, with an empty piece.
+        held = _Piece(job, [], [])
+        async for piece in self._pieces(job, read):
+            if held.ids:
+                await pieces.put(held)
+            held = piece
+        await pieces.put(dataclasses.replace(held, last=True))
+
+    async def _pieces(self, job: _FileJob, read: _Read) -> AsyncIterator[_Piece]:
+        """The file's chunks as pieces of batch_size; a huge file's are read as they go."""
         size = self.settings.batch_size
         if isinstance(read.chunks, list):
             indexed = list(enumerate(read.chunks))
-            slices = (indexed[i : i + size] for i in range(0, total, size))
+            for start in range(0, read.total, size):
+                yield self._piece(job, read, indexed[start : start + size])
         else:  # a huge file, streamed: every slice is read from disk in a thread
             stream = enumerate(self.splitter.chunks(read.loaded))
-            slices = None
-        while True:
-            if slices is not None:
-                piece = next(slices, [])
-            else:
-                piece = await asyncio.to_thread(lambda: list(itertools.islice(stream, size)))
-            if not piece:
-                break
-            docs = [
-                self._document(found.source, read.loaded.title, digest, read.size, i, total, c)
-                for i, c in piece
-            ]
-            ids = [chunk_id(found.source, digest, i) for i, _ in piece]
-            job.pending += 1
-            job.chunks += len(docs)
-            await pieces.put(_Piece(job, docs, ids))
-        job.all_queued = True
-        if job.pending == 0:
-            job.done.set()
-        return job
+            while part := await asyncio.to_thread(lambda: list(itertools.islice(stream, size))):
+                yield self._piece(job, read, part)
 
-    def _hash_and_read(self, found: FoundFile) -> tuple[str, _Read]:
-        """Blocking."""
-        return _hash(found), self._read(found)
-
-    def _read(self, found: FoundFile) -> _Read:
-        """Blocking: load and split (or count the chunks of a huge file)."""
-        max_bytes = int(self.settings.max_file_mb * 1024 * 1024)
-        loaded = load(found.path, max_bytes)
-        chunks = _materialise_or_count(self.splitter, loaded)
-        try:
-            size = found.path.stat().st_size
-        except OSError as error:
-            raise LoadError(error.strerror or str(error)) from None
-        return _Read(loaded, chunks, size)
-
-    def _document(
-        self,
-        source: str,
-        title: str,
-        digest: str,
-        size: int,
-        index: int,
-        total: int,
-        chunk: Chunk,
-    ) -> Document:
-        return Document(
-            page_content=chunk.text,
-            metadata=chunk_metadata(
-                source=source,
-                title=title,
-                section=chunk.section,
-                page=chunk.page,
-                index=index,
-                total=total,
-                text=chunk.text,
-                file_hash=digest,
-                file_size=size,
-                ingested_at=self.ingested_at,
-            ),
-        )
+    def _piece(self, job: _FileJob, read: _Read, part: list[tuple[int, Chunk]]) -> _Piece:
+        job.chunks += len(part)
+        source, digest = job.found.source, job.plan.digest
+        documents = [self._document(job, read, index, chunk) for index, chunk in part]
+        return _Piece(job, documents, [chunk_id(source, digest, index) for index, _ in part])
 
     async def _batcher(
         self,
         pieces: asyncio.Queue[_Piece | None],
         batches: asyncio.Queue[_Batch | None],
-        embedders: int,
+        files: asyncio.TaskGroup,
     ) -> None:
         """Merge pieces of several files into batches of exactly batch_size chunks.
 
         Pieces are split to fill each batch: 1,000 chunks in 20-chunk files made 17
         batches of 60 instead of 16 of 64, a third round of requests for 8 embedders.
         A partial batch waits for more only while more is arriving: if nothing comes
-        within a moment it is sent, so a slow loader never holds chunks back.
+        within a moment it is sent, so a slow loader never holds chunks back. Once a
+        file's last piece is in a batch, every write the file waits for is known, and its
+        ending (``_finish``) joins the run's tasks.
         """
         size = self.settings.batch_size
         batch = _Batch()
         while True:
             try:
-                timeout = 0.05 if batch.pieces else None
-                piece = await asyncio.wait_for(pieces.get(), timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that lands as the get completes, and a cancelled run hangs.
+                async with asyncio.timeout(BATCH_WAIT if batch else None):
+                    piece = await pieces.get()
             except TimeoutError:
                 await batches.put(batch)
                 batch = _Batch()
@@ -443,28 +326,21 @@ class Pipeline:
             rest: _Piece | None = piece
             while rest is not None:
                 head, rest = rest.split(size - len(batch))
-                batch.pieces.append(head)
+                batch.add(head)
                 if len(batch) >= size:
                     await batches.put(batch)
                     batch = _Batch()
-        if batch.pieces:
+            if piece.last:
+                files.create_task(self._finish(piece.job))
+        if batch:
             await batches.put(batch)
-        for _ in range(embedders):
-            await batches.put(None)
 
     async def _embedder(
-        self,
-        batches: asyncio.Queue[_Batch | None],
-        embedded: asyncio.Queue[_Batch | None],
-        writers: int,
+        self, batches: asyncio.Queue[_Batch | None], embedded: asyncio.Queue[_Batch | None]
     ) -> None:
         while (batch := await batches.get()) is not None:
             batch.vectors = await self._retry(self._embed, batch.documents)
             await embedded.put(batch)
-        self._embedders_left -= 1
-        if self._embedders_left == 0:  # the last one out tells every writer to stop
-            for _ in range(writers):
-                await embedded.put(None)
 
     async def _embed(self, documents: list[Document]) -> list[np.ndarray]:
         embeddings = self.store.embeddings
@@ -477,24 +353,20 @@ class Pipeline:
     async def _writer(self, embedded: asyncio.Queue[_Batch | None]) -> None:
         while (batch := await embedded.get()) is not None:
             await self._write(batch)
-            count = len(batch)
-            self.report.chunks_written += count
-            self.reporter.chunks_written(count)
-            for piece in batch.pieces:
-                piece.job.pending -= 1
-                if piece.job.all_queued and piece.job.pending == 0:
-                    piece.job.done.set()
+            self.report.chunks_written += len(batch)
+            self.reporter.chunks_written(len(batch))
+            batch.written.set_result(None)
 
     async def _write(self, batch: _Batch) -> None:
-        attempt = 0
+        retried = False
 
         async def insert() -> None:
-            nonlocal attempt
-            attempt += 1
-            if attempt > 1:
+            nonlocal retried
+            if retried:
                 # The failed try may have inserted rows before the error reached us;
                 # Milvus does not deduplicate primary keys, so clear them first.
                 await records.delete_where(self.store, ids_expr(batch.ids))
+            retried = True
             documents = batch.documents
             await self.store.aadd_embeddings(
                 [d.page_content for d in documents],
@@ -505,94 +377,18 @@ class Pipeline:
 
         await self._retry(insert)
 
-    async def _retry(self, func, *args):  # type: ignore[no-untyped-def]
-        """Run ``func`` with exponential back-off on transient errors, then fail in one line.
-
-        A wait is never shorter than the Retry-After the server asked for, and each wait
-        is announced in one line, so an outage shows as a few notes and not as silence.
-        """
-        backoff = wait_exponential(multiplier=0.5, max=self.retry_max_wait) + wait_random(0, 0.5)
-
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            asked = _retry_after(error) if error is not None else None
-            return max(backoff(state), min(asked, MAX_RETRY_AFTER) if asked else 0.0)
-
-        def stop(state: RetryCallState) -> bool:
-            error = state.outcome.exception() if state.outcome else None
-            if _rate_limited(error):
-                return state.seconds_since_start >= self.rate_limit_patience
-            return state.attempt_number >= self.retry_attempts
-
-        def announce(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            if error is None:
-                return
-            seconds = state.next_action.sleep if state.next_action else 0.0
-            if _rate_limited(error):
-                left = max(0.0, self.rate_limit_patience - (state.seconds_since_start or 0.0))
-                then = f"waiting {seconds:.1f} s (rate limits are retried for {left:.0f} s more)"
-            else:
-                then = (
-                    f"trying again in {seconds:.1f} s "
-                    f"(attempt {state.attempt_number + 1} of {self.retry_attempts})"
-                )
-            self.reporter.note("(retry)", f"{_explain(error, self.settings)}; {then}")
-
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop,
-                wait=wait,
-                retry=retry_if_exception(lambda e: not _permanent(e)),
-                before_sleep=announce,
-                reraise=True,
-            ):
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1 and self._released:
-                        # A restarted Milvus server comes back with the collection released.
-                        await self.store.aclient.load_collection(self.store.collection_name)
-                        self._released = False
-                    try:
-                        return await func(*args)
-                    except Exception as error:
-                        self._released = self._released or _released(error)
-                        raise
-        except RagError:
-            raise
-        except Exception as error:
-            raise _explain(error, self.settings) from error
-        raise AssertionError("unreachable")
-
     async def _finish(self, job: _FileJob) -> None:
-        await job.done.wait()
+        await asyncio.gather(*job.writes)
         # Only now is the new version complete: drop rows of any older one.
-        if job.status == "updated":
-            await self._retry(
-                records.delete_where,
-                self.store,
-                version_expr(job.found.source, job.digest, same=False),
-            )
-        self._outcome(FileOutcome(job.found.source, job.status, job.chunks))
+        if (replaced := job.plan.replaced) is not None:
+            await self._retry(records.delete_where, self.store, replaced)
+        self._outcome(FileOutcome(job.found.source, job.plan.status, job.chunks))
 
     async def _remove_missing(self, present: set[str]) -> None:
-        """Remove sources no longer in the folder, within this run's scope only.
-
-        Scope: sources under this run's prefix that the include/exclude globs select
-        (``--include "*.pdf"`` must not remove the Markdown files), never files added
-        through the chat (under ``uploads/``) from a folder run, and nothing at all
-        when the folder turned out empty, which is more often a wrong path than intent.
-        """
+        """Remove the sources no longer in the folder that this run answers for (ingest.plan)."""
         if not present:
             self.reporter.note("(folder)", "no files found, so nothing was removed")
-            return
-        # Every source written by this run is in `present`, so the start-of-run list is
-        # all that can be missing.
-        prefix = self.source_prefix
-        for source in sorted((self._stored_at_start or set()) - present):
-            if not source.startswith(prefix) or (not prefix and source.startswith(UPLOADS_PREFIX)):
-                continue
-            if not wanted(source[len(prefix) :], self.include, self.exclude):
-                continue
+        for source in self.planner.missing(present, self.scope):
             await self._retry(records.delete_where, self.store, source_expr(source))
             self._outcome(FileOutcome(source, "removed"))
 
@@ -603,24 +399,57 @@ class Pipeline:
         except Exception as error:  # a flush is an optimisation; never fail the ingest for it
             log.debug("flush failed: %s", error)
 
+    def _hash_and_read(self, found: FoundFile) -> tuple[str, _Read]:
+        """Blocking."""
+        return _hash(found), self._read(found)
 
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the stage tasks and wait until every one has ended.
+    def _read(self, found: FoundFile) -> _Read:
+        """Blocking: load and split (or count the chunks of a huge file)."""
+        loaded = load(found.path, int(self.settings.max_file_mb * 1024 * 1024))
+        chunks = self.splitter.chunks_or_count(loaded)
+        try:
+            size = found.path.stat().st_size
+        except OSError as error:
+            raise LoadError(error.strerror or str(error)) from None
+        return _Read(loaded, chunks, size)
 
-    One ``cancel()`` is not always enough on Python 3.11: ``asyncio.wait_for`` (the
-    batcher's) can swallow a cancellation that lands as its inner get completes, and the
-    batcher then blocks forever putting into a queue no writer reads. So cancel again
-    until all are done; a failed run must end, not hang.
-    """
-    pending = [t for t in tasks if not t.done()]
-    while pending:
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.5)
-        pending = [t for t in pending if not t.done()]
-    for task in tasks:  # retrieve exceptions so none is reported as never retrieved
-        if not task.cancelled():
-            task.exception()
+    def _document(self, job: _FileJob, read: _Read, index: int, chunk: Chunk) -> Document:
+        metadata = chunk_metadata(
+            source=job.found.source,
+            title=read.loaded.title,
+            section=chunk.section,
+            page=chunk.page,
+            index=index,
+            total=read.total,
+            text=chunk.text,
+            file_hash=job.plan.digest,
+            file_size=read.size,
+            ingested_at=self.ingested_at,
+        )
+        return Document(page_content=chunk.text, metadata=metadata)
+
+
+async def _stage(
+    workers: int,
+    work: Callable[[], Awaitable[None]],
+    feeds: asyncio.Queue[Any] | None,
+    readers: int,
+) -> None:
+    """Run a stage's workers to the end, then send each reader of ``feeds`` its end marker."""
+    async with asyncio.TaskGroup() as stage:
+        for _ in range(workers):
+            stage.create_task(work())
+    if feeds is not None:
+        for _ in range(readers):
+            await feeds.put(None)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The failure that ended the run: stage groups nest in the run's, first one first."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 @contextlib.contextmanager
@@ -659,87 +488,6 @@ def _hash(found: FoundFile) -> str:
         return file_hash(found.path)
     except OSError as error:
         raise LoadError(error.strerror or str(error)) from None
-
-
-def _materialise_or_count(splitter: Splitter, loaded: LoadedFile) -> list[Chunk] | int:
-    """Small files: the chunk list. Huge streamed files: only the count (a cheap first pass),
-    because every row records the file's chunk count before the file is fully read."""
-    stream = splitter.chunks(loaded)
-    first: list[Chunk] = []
-    held = 0
-    for chunk in stream:
-        first.append(chunk)
-        held += len(chunk.text)
-        # Bounded by characters, not chunks: 5000 chunks of 4000 characters would keep
-        # 20 MB of a streamed file in memory, on top of the batches in flight.
-        if held > MATERIALISE_LIMIT:
-            counted = len(first)
-            first.clear()
-            return counted + sum(1 for _ in stream)
-    return first
-
-
-def _rate_limited(error: BaseException | None) -> bool:
-    return getattr(error, "status_code", None) == 429
-
-
-def _released(error: BaseException) -> bool:
-    """Milvus refused a query because the collection is not loaded (as after a restart)."""
-    text = str(error).lower()
-    return "released" in text or "not loaded" in text
-
-
-def _retry_after(error: BaseException) -> float | None:
-    """Seconds a rate-limited (429) or unavailable (503) server asked us to wait, if it did."""
-    response = getattr(error, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            continue
-    return None
-
-
-def _explain(error: BaseException, settings: Settings) -> RagError:
-    """One line for an error that survived every retry, naming the service at fault."""
-    from rag.embeddings import EMBEDDING_RETRIES, EMBEDDING_TIMEOUT
-    from rag.store.milvus import describe_failure
-
-    module = type(error).__module__
-    if module.startswith(("openai", "httpx")):
-        status = getattr(error, "status_code", None)
-        where = settings.embedding_base_url or "the OpenAI API"
-        if status == 401:
-            return ModelUnavailable(
-                f"embedding endpoint {where} rejected the API key (401); "
-                "check RAG_EMBEDDING_API_KEY"
-            )
-        if "Timeout" in type(error).__name__:
-            return ModelUnavailable(
-                f"embedding endpoint {where} did not answer within {EMBEDDING_TIMEOUT:g} s "
-                f"({EMBEDDING_RETRIES + 1} tries)"
-            )
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        # A proxy may echo the key it was sent in its error text.
-        key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else ""
-        if key:
-            first = first.replace(key, "********")
-        return ModelUnavailable(f"embedding endpoint {where} failed: {first}")
-    if module.startswith(("pymilvus", "grpc")) or isinstance(
-        error, (ConnectionError, TimeoutError)
-    ):
-        details = getattr(error, "details", None)
-        if callable(details) and callable(getattr(error, "code", None)):
-            # A raw gRPC error's first line is "<AioRpcError of RPC that terminated with:".
-            error = ConnectionError(f"{error.code().name}: {details()}")  # type: ignore[attr-defined]
-        return StoreUnavailable(describe_failure(settings, error))
-    return IngestFailed(f"ingest stopped: {type(error).__name__}: {error}")
 
 
 async def ingest_path(

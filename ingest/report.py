@@ -1,8 +1,14 @@
-"""Progress for humans: a rich bar on a terminal, one plain line per event elsewhere."""
+"""What a run did and how it is shown: per-file outcomes, the report, progress for humans.
+
+The pipeline tells a ``Reporter`` about each event as it happens; ``ConsoleReporter`` shows
+them as a rich bar on a terminal and one plain line per event elsewhere.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal, Protocol
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,8 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ingest.pipeline import FileOutcome, IngestReport
-
+Status = Literal["added", "updated", "unchanged", "removed", "skipped", "failed"]
 STYLE = {
     "added": "green",
     "updated": "cyan",
@@ -26,6 +31,46 @@ STYLE = {
     "skipped": "yellow",
     "failed": "bold red",
 }
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    source: str
+    status: Status
+    chunks: int = 0
+    reason: str = ""
+
+
+@dataclass
+class IngestReport:
+    """What one run did; ``ok`` is False when any file failed."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    chunks_written: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: Status) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+
+class Reporter(Protocol):
+    """Where progress goes: a rich progress bar on a terminal, log lines elsewhere."""
+
+    def files_found(self, total: int) -> None: ...
+    def file_done(self, outcome: FileOutcome) -> None: ...
+    def chunks_written(self, count: int) -> None: ...
+    def note(self, source: str, message: str) -> None: ...
+
+
+class SilentReporter:
+    def files_found(self, total: int) -> None: ...
+    def file_done(self, outcome: FileOutcome) -> None: ...
+    def chunks_written(self, count: int) -> None: ...
+    def note(self, source: str, message: str) -> None: ...
 
 
 class ConsoleReporter:

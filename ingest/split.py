@@ -34,6 +34,10 @@ _HEADING = re.compile(rf"(#{{1,{MAX_HEADING_LEVEL}}})(?:\s+(.*))?")
 
 
 MAX_HEADER = 200  # characters; a runaway title must not crowd out the text itself
+# Characters of chunks held before a file counts as huge and is streamed instead: bounded by
+# characters, not chunks, since 5000 chunks of 4000 characters would keep 20 MB of a file
+# in memory on top of the batches in flight.
+MATERIALISE_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,22 @@ class Splitter:
                     yield from self._cut(text, part.page, path, title)
             else:
                 yield from self._cut(part.text, part.page, "", title)
+
+    def chunks_or_count(self, loaded: LoadedFile) -> list[Chunk] | int:
+        """Blocking. Small files: the chunk list. Huge files: only the count (a cheap first
+        pass), because every row records its file's chunk count before the file is written;
+        their chunks are then read again, a batch at a time."""
+        stream = self.chunks(loaded)
+        first: list[Chunk] = []
+        held = 0
+        for chunk in stream:
+            first.append(chunk)
+            held += len(chunk.text)
+            if held > MATERIALISE_LIMIT:
+                counted = len(first)
+                first.clear()
+                return counted + sum(1 for _ in stream)
+        return first
 
     def _cut(self, text: str, page: int | None, section: str, title: str) -> Iterator[Chunk]:
         # The longest header this section can have; a piece's own may only be shorter.

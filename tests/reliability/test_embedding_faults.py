@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import rag.embeddings
-from ingest.pipeline import IngestReport
+from ingest.report import IngestReport
 from rag.errors import ModelUnavailable
 from tests.conftest import OpenEnv, RecordingReporter, run_rag, write_files
 from tests.support.fake_openai import FakeServer, RecordedRequest, serve

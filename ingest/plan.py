@@ -1,0 +1,126 @@
+"""What each file of a run needs, decided from what the collection already holds.
+
+The collection is its own record (``rag.store.records``): a source is complete exactly when
+it holds ``chunk_count`` rows of its file's current hash and none of another version. So a
+discovered file is skipped when complete, written when new, and, when another version is
+stored, written beside it with the old rows dropped only once the new ones are all in (a
+crash mid-update leaves the file searchable). Rows of this same version left by an
+interrupted run are cleared first and the version is written whole. Sources the folder no
+longer has are removed, within the run's scope only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from ingest.discover import wanted
+from rag.store import records
+from rag.store.filters import source_expr, version_expr
+from rag.store.records import StoredFile
+
+if TYPE_CHECKING:
+    from langchain_milvus import Milvus
+
+T = TypeVar("T")
+UPLOADS_PREFIX = "uploads/"  # sources added through the chat UI
+NOT_STORED = StoredFile(0, 0, None)
+# How a plan's queries are run: `ingest.retry.Retrier` in a run, a plain await in tests.
+Call = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """What one file needs, given its current hash and how its source stands."""
+
+    source: str
+    digest: str
+    stored: StoredFile
+
+    @property
+    def unchanged(self) -> bool:
+        """Every chunk of this version is stored and nothing else is: nothing to do."""
+        return self.stored.complete
+
+    @property
+    def status(self) -> Literal["added", "updated"]:
+        return "updated" if self.stored.rows > self.stored.current_rows else "added"
+
+    def clear_first(self, chunks: int) -> str | None:
+        """The rows to delete before this file's ``chunks`` are written, if any.
+
+        An emptied file loses all its rows (they no longer say anything it says); otherwise
+        only leftovers of this same version, which is then rewritten whole.
+        """
+        if chunks == 0:
+            return source_expr(self.source) if self.stored.rows else None
+        if self.stored.current_rows:
+            return version_expr(self.source, self.digest, same=True)
+        return None
+
+    @property
+    def replaced(self) -> str | None:
+        """The rows to delete once this version is complete: the version it replaces."""
+        if self.status == "updated":
+            return version_expr(self.source, self.digest, same=False)
+        return None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The stored sources a run answers for, so it removes nothing it was not asked about.
+
+    Sources under its prefix that its include/exclude globs select (``--include "*.pdf"``
+    must not remove the Markdown files), and never files added through the chat (under
+    ``uploads/``) from a folder run.
+    """
+
+    prefix: str = ""
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+
+    def covers(self, source: str) -> bool:
+        if not source.startswith(self.prefix):
+            return False
+        if not self.prefix and source.startswith(UPLOADS_PREFIX):
+            return False
+        return wanted(source[len(self.prefix) :], self.include, self.exclude)
+
+
+class Planner:
+    """Plans the files of one run against the collection of ``store``.
+
+    ``known`` are the sources with rows when a folder run started, read once: a file not
+    among them needs no per-file look-up, which dominated runs over thousands of new files.
+    None (single files, chat uploads): every file is looked up.
+    """
+
+    def __init__(self, store: Milvus, call: Call, known: set[str] | None) -> None:
+        self.store, self.call, self.known = store, call, known
+
+    @classmethod
+    async def start(cls, store: Milvus, call: Call, *, whole_folder: bool) -> Planner:
+        known = await call(records.stored_sources, store) if whole_folder else None
+        return cls(store, call, known)
+
+    def is_new(self, source: str) -> bool:
+        """Known without a query to have no rows (so its plan needs no look-up)."""
+        return self.known is not None and source not in self.known
+
+    async def plan(self, source: str, digest: str) -> FilePlan:
+        if self.is_new(source):
+            return FilePlan(source, digest, NOT_STORED)
+        stored = await self.call(records.stored_file, self.store, source, digest)
+        return FilePlan(source, digest, stored)
+
+    def missing(self, present: set[str], scope: Scope) -> list[str]:
+        """Sources to remove: stored at the start, gone from the folder, within ``scope``.
+
+        Every source this run writes is in ``present``, so the start-of-run list is all that
+        can be missing. Nothing at all when the folder turned out empty, which is more often
+        a wrong path than intent, nor on a run that did not read the list (single files).
+        """
+        if not present or self.known is None:
+            return []
+        return sorted(s for s in self.known - present if scope.covers(s))
