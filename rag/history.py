@@ -1,9 +1,7 @@
 """Chat history and feedback in SQL: Chainlit's SQLAlchemy data layer, its tables, the export.
 
-Chainlit 2.12 ships ``SQLAlchemyDataLayer`` but not its schema (the docs print PostgreSQL
-DDL), so the tables are created here, once per start, with ``IF NOT EXISTS`` statements that
-run unchanged on SQLite and PostgreSQL; only the column types differ per dialect. A column a
-newer Chainlit writes but an older table lacks is added, so an upgrade never breaks saving.
+The tables and their migrations are `rag.history_schema`'s; the data layer brings them up
+to date once per start (`HistoryDataLayer.ensure_schema`), so an upgrade never breaks saving.
 
 Without a blob storage client the data layer drops every element (the side passages behind
 ``[1]``); ours keeps text elements inline in the ``elements`` row as a ``data:`` URL, which
@@ -26,211 +24,37 @@ from typing import TYPE_CHECKING, Any
 
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.utils import queue_until_user_message
-from sqlalchemy import bindparam, inspect, make_url, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import Text, cast, make_url, null, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from rag.errors import HistoryUnavailable, RagError, Service, mask_url_password
+from rag.errors import HistoryUnavailable, explain, mask_url_password
+from rag.history_schema import (
+    connect_args,
+    ensure_schema,
+    existing_columns,
+    feedbacks,
+    history_service,
+    make_engine,
+    steps,
+    threads,
+)
 
 if TYPE_CHECKING:
     from chainlit.element import Element
+    from sqlalchemy import Select
 
 log = logging.getLogger(__name__)
 
 # Where an answer keeps what the chat history, `rag feedback` and resuming need.
 META_KEY = "rag"
 
-# Column types per dialect: PostgreSQL gets the types Chainlit documents; SQLite stores
-# everything as TEXT (a "UUID" column there would have NUMERIC affinity).
-_TYPES = {
-    "postgresql": {
-        "id": "UUID",
-        "json": "JSONB",
-        "array": "TEXT[]",
-        "int": "INT",
-        "time": "TIMESTAMPTZ DEFAULT now()",
-    },
-    "sqlite": {
-        "id": "TEXT",
-        "json": "TEXT",
-        "array": "TEXT",
-        "int": "INTEGER",
-        "time": "TEXT DEFAULT CURRENT_TIMESTAMP",
-    },
-}
-
-# table -> (column, type key or literal SQL type, constraint); every column Chainlit 2.12
-# writes (StepDict, ElementDict, Feedback), plus feedbacks.createdAt for the export's time.
-_TABLES: dict[str, list[tuple[str, str, str]]] = {
-    "users": [
-        ("id", "id", "PRIMARY KEY"),
-        ("identifier", "TEXT", "NOT NULL UNIQUE"),
-        ("metadata", "json", "NOT NULL"),
-        ("createdAt", "TEXT", ""),
-    ],
-    "threads": [
-        ("id", "id", "PRIMARY KEY"),
-        ("createdAt", "TEXT", ""),
-        ("name", "TEXT", ""),
-        ("userId", "id", 'REFERENCES users("id") ON DELETE CASCADE'),
-        ("userIdentifier", "TEXT", ""),
-        ("tags", "array", ""),
-        ("metadata", "json", ""),
-    ],
-    "steps": [
-        ("id", "id", "PRIMARY KEY"),
-        ("name", "TEXT", "NOT NULL"),
-        ("type", "TEXT", "NOT NULL"),
-        ("threadId", "id", 'NOT NULL REFERENCES threads("id") ON DELETE CASCADE'),
-        ("parentId", "id", ""),
-        ("streaming", "BOOLEAN", "NOT NULL"),
-        ("waitForAnswer", "BOOLEAN", ""),
-        ("isError", "BOOLEAN", ""),
-        ("metadata", "json", ""),
-        ("tags", "array", ""),
-        ("input", "TEXT", ""),
-        ("output", "TEXT", ""),
-        ("createdAt", "TEXT", ""),
-        ("command", "TEXT", ""),
-        ("modes", "json", ""),
-        ("start", "TEXT", ""),
-        ("end", "TEXT", ""),
-        ("generation", "json", ""),
-        ("showInput", "TEXT", ""),
-        ("language", "TEXT", ""),
-        ("indent", "int", ""),
-        ("defaultOpen", "BOOLEAN", ""),
-        ("autoCollapse", "BOOLEAN", ""),
-    ],
-    "elements": [
-        ("id", "id", "PRIMARY KEY"),
-        ("threadId", "id", 'REFERENCES threads("id") ON DELETE CASCADE'),
-        ("type", "TEXT", ""),
-        ("url", "TEXT", ""),
-        ("chainlitKey", "TEXT", ""),
-        ("name", "TEXT", "NOT NULL"),
-        ("display", "TEXT", ""),
-        ("objectKey", "TEXT", ""),
-        ("size", "TEXT", ""),
-        ("page", "int", ""),
-        ("language", "TEXT", ""),
-        ("forId", "id", ""),
-        ("mime", "TEXT", ""),
-        ("props", "json", ""),
-        ("autoPlay", "BOOLEAN", ""),
-        ("playerConfig", "json", ""),
-    ],
-    "feedbacks": [
-        ("id", "id", "PRIMARY KEY"),
-        ("forId", "id", "NOT NULL"),
-        ("threadId", "id", ""),
-        ("value", "int", "NOT NULL"),
-        ("comment", "TEXT", ""),
-        ("createdAt", "time", ""),
-    ],
-}
-_INDEXES = [
-    ("threads", "userId"),
-    ("steps", "threadId"),
-    ("elements", "threadId"),
-    ("feedbacks", "forId"),
-]
-# Any constant: two UI processes starting at once on one PostgreSQL serialise their DDL on it.
-_DDL_LOCK = 7_310_042
-
-
-def history_service(url: str) -> Service:
-    """The chat history database as failures name it (password masked by `rag.errors`)."""
-    return Service("history", f"the chat history database at {url}")
-
 
 def describe(url: str, error: BaseException) -> str:
-    """One line naming the database (password masked) and the first line of the cause."""
-    cause = getattr(error, "orig", None) or error
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return f"cannot use the chat history database at {mask_url_password(url)}: {first}"
+    """One line naming the database (password masked) and the first line of the cause.
 
-
-def _dialect(engine: AsyncEngine) -> str:
-    name = engine.dialect.name
-    if name not in _TYPES:
-        raise HistoryUnavailable(f"unsupported chat history database {name!r}")
-    return name
-
-
-def _sql_type(dialect: str, kind: str) -> str:
-    return _TYPES[dialect].get(kind, kind)
-
-
-def schema_statements(dialect: str) -> list[str]:
-    """The idempotent DDL for ``dialect`` ("postgresql" or "sqlite")."""
-    statements = []
-    for table, columns in _TABLES.items():
-        lines = ",\n    ".join(
-            f'"{name}" {_sql_type(dialect, kind)} {constraint}'.rstrip()
-            for name, kind, constraint in columns
-        )
-        statements.append(f'CREATE TABLE IF NOT EXISTS "{table}" (\n    {lines}\n)')
-    for table, column in _INDEXES:
-        statements.append(
-            f'CREATE INDEX IF NOT EXISTS "ix_{table}_{column}" ON "{table}" ("{column}")'
-        )
-    return statements
-
-
-def _existing_columns(sync_conn: Any) -> dict[str, set[str]]:
-    inspector = inspect(sync_conn)
-    names = set(inspector.get_table_names())
-    return {t: {c["name"] for c in inspector.get_columns(t)} for t in _TABLES if t in names}
-
-
-async def _create(conn: AsyncConnection, dialect: str) -> None:
-    if dialect == "postgresql":
-        await conn.execute(text(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})"))
-    for statement in schema_statements(dialect):
-        await conn.execute(text(statement))
-    # Tables made by an older Chainlit lack columns a newer one writes: add them (nullable,
-    # no default, which both databases allow on a table that has rows).
-    existing = await conn.run_sync(_existing_columns)
-    for table, columns in _TABLES.items():
-        for name, kind, _ in columns:
-            if name not in existing.get(table, {name}):
-                sql_type = _sql_type(dialect, kind).split(" DEFAULT")[0]
-                try:
-                    await conn.execute(
-                        text(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {sql_type}')
-                    )
-                except Exception:
-                    # SQLite runs DDL outside a transaction (Python's sqlite3 only opens one
-                    # for DML), so a second process starting at the same moment can add the
-                    # column between our look and our ALTER ("duplicate column name", seen
-                    # once in CI). PostgreSQL cannot race: the advisory lock above.
-                    if name not in (await conn.run_sync(_existing_columns)).get(table, set()):
-                        raise
-                    continue
-                log.info("chat history: added column %s.%s", table, name)
-
-
-async def ensure_schema(engine: AsyncEngine, url: str | None = None) -> None:
-    """Create the history tables if missing; safe to run at every start, from many processes."""
-    dialect = _dialect(engine)
-    try:
-        async with engine.begin() as conn:
-            await _create(conn, dialect)
-    except RagError:
-        raise
-    except Exception as error:
-        raise HistoryUnavailable(describe(url or str(engine.url), error)) from error
-
-
-def make_engine(url: str) -> AsyncEngine:
-    """An engine for ``url``; SQLite waits for a writer instead of failing with "locked"."""
-    return create_async_engine(url, connect_args=_connect_args(url))
-
-
-def _connect_args(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        return {"timeout": 30}
-    return {"timeout": 5}  # asyncpg's connect timeout: a dead host fails in seconds
+    Kept for callers that print a line rather than raise; it is `explain`'s wording.
+    """
+    return str(explain(error, history_service(url)))
 
 
 @contextmanager
@@ -251,7 +75,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         # The base class warns that elements are lost without a storage client; ours
         # keeps the ones this app makes (text passages), so the warning would mislead.
         with _quiet("chainlit"):
-            super().__init__(conninfo=url, connect_args=_connect_args(url))
+            super().__init__(conninfo=url, connect_args=connect_args(url))
         self.url = url
         self.schema_ready = False
 
@@ -412,16 +236,37 @@ def _iso(value: Any) -> str | None:
     return _iso(moment)
 
 
-_FEEDBACK_QUERY = """
-SELECT f."value" AS value, f."comment" AS comment, {given_at} AS given_at,
-       s."id" AS step_id, s."threadId" AS thread_id, s."output" AS output,
-       s."metadata" AS metadata, s."createdAt" AS step_at,
-       t."userIdentifier" AS user_identifier
-FROM feedbacks f
-JOIN steps s ON s."id" = f."forId"
-LEFT JOIN threads t ON t."id" = s."threadId"
-ORDER BY s."createdAt"
-"""
+def _feedback_query(feedback_columns: set[str]) -> Select[Any]:
+    """Each feedback with the step it judged and that step's thread, oldest step first."""
+    # A feedbacks table made before createdAt was added, and not yet migrated by `rag ui`.
+    given_at = feedbacks.c.createdAt if "createdAt" in feedback_columns else null()
+    return (
+        select(
+            feedbacks.c.value,
+            feedbacks.c.comment,
+            given_at.label("given_at"),
+            steps.c.threadId.label("thread_id"),
+            steps.c.output,
+            steps.c.metadata,
+            steps.c.createdAt.label("step_at"),
+            threads.c.userIdentifier.label("user_identifier"),
+        )
+        .select_from(
+            feedbacks.join(steps, steps.c.id == feedbacks.c.forId).outerjoin(
+                threads, threads.c.id == steps.c.threadId
+            )
+        )
+        .order_by(steps.c.createdAt)
+    )
+
+
+def _questions_query(thread_ids: list[str]) -> Select[Any]:
+    """The user's messages of ``thread_ids``, oldest first."""
+    return (
+        select(steps.c.threadId.label("thread_id"), steps.c.output, steps.c.createdAt.label("at"))
+        .where(steps.c.type == "user_message", cast(steps.c.threadId, Text).in_(thread_ids))
+        .order_by(steps.c.createdAt)
+    )
 
 
 async def read_feedback(url: str) -> list[FeedbackRecord]:
@@ -440,28 +285,21 @@ async def read_feedback(url: str) -> list[FeedbackRecord]:
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            existing = await conn.run_sync(_existing_columns)
-            if any(t not in existing for t in ("threads", "steps", "feedbacks")):
+            existing = await conn.run_sync(existing_columns)
+            if any(t.name not in existing for t in (threads, steps, feedbacks)):
                 raise HistoryUnavailable(not_yet)
-            given_at = 'f."createdAt"' if "createdAt" in existing["feedbacks"] else "NULL"
-            query = _FEEDBACK_QUERY.replace("{given_at}", given_at)
-            rows = (await conn.execute(text(query))).mappings().all()
+            query = _feedback_query(existing[feedbacks.name])
+            rows = (await conn.execute(query)).mappings().all()
             thread_ids = sorted({str(r["thread_id"]) for r in rows})
             questions: dict[str, list[tuple[str, str]]] = {}
             if thread_ids:
-                query = text(
-                    'SELECT "threadId" AS thread_id, "output" AS output, "createdAt" AS at '
-                    "FROM steps WHERE \"type\" = 'user_message' AND "
-                    'CAST("threadId" AS TEXT) IN :ids ORDER BY "createdAt"'
-                ).bindparams(bindparam("ids", expanding=True))
-                for row in (await conn.execute(query, {"ids": thread_ids})).mappings():
+                for row in (await conn.execute(_questions_query(thread_ids))).mappings():
                     questions.setdefault(str(row["thread_id"]), []).append(
                         (str(row["at"] or ""), str(row["output"] or ""))
                     )
-    except RagError:
-        raise
-    except Exception as error:
-        raise HistoryUnavailable(describe(url, error)) from error
+    # asyncpg's connection failures arrive as OSError, not wrapped by SQLAlchemy.
+    except (SQLAlchemyError, OSError) as error:
+        raise explain(error, history_service(url)) from error
     finally:
         await engine.dispose()
     records = []

@@ -4,7 +4,7 @@ Real processes and protocols only: `rag ingest`, `rag ui` (Chainlit with the SQL
 layer), `rag feedback`, the socket.io client of ``tests/support/chainlit_client.py`` with
 a real login cookie, Chainlit's HTTP API (threads, thread, feedback), and the loopback fake
 OpenAI server, whose recorded requests show what the model was asked after a conversation
-was resumed.
+was resumed. The schema and its migrations are tested on their own in test_history_schema.py.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from rag.history import ensure_schema, make_engine
 from tests.conftest import MILVUS_LITE_BIN, _wait_for_milvus, stop_process_group
 from tests.support.chainlit_client import ChainlitClient, Turn, login
 from tests.support.fake_openai import FakeOpenAI, FakeServer, serve
@@ -148,43 +145,6 @@ def _answer(turn: Turn) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-async def test_schema_is_created_on_both_databases_and_old_tables_are_completed(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
-    else:  # a database of its own: the other tests share the cluster's default one
-        server = request.getfixturevalue("postgres_url").replace("://", "+asyncpg://", 1)
-        admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
-        async with admin.connect() as conn:
-            await conn.execute(text('CREATE DATABASE "schema_test"'))
-        await admin.dispose()
-        url = server.rsplit("/", 1)[0] + "/schema_test"
-    engine, twin = make_engine(url), make_engine(url)
-    try:
-        async with engine.begin() as conn:  # a feedbacks table as an older setup made it
-            await conn.execute(text('DROP TABLE IF EXISTS "feedbacks"'))
-            await conn.execute(
-                text('CREATE TABLE "feedbacks" ("id" TEXT PRIMARY KEY, "forId" TEXT, "value" INT)')
-            )
-        # two processes starting at once, then a restart: all idempotent
-        await asyncio.gather(ensure_schema(engine), ensure_schema(twin))
-        await ensure_schema(engine)
-        async with engine.connect() as conn:
-            columns = await conn.run_sync(
-                lambda sync: {
-                    t: {c["name"] for c in inspect(sync).get_columns(t)}
-                    for t in ("users", "threads", "steps", "elements", "feedbacks")
-                }
-            )
-    finally:
-        await asyncio.gather(engine.dispose(), twin.dispose())
-    assert {"comment", "threadId", "createdAt"} <= columns["feedbacks"], columns
-    assert {"autoCollapse", "defaultOpen", "modes", "command"} <= columns["steps"], columns
-    assert {"props", "forId", "url"} <= columns["elements"], columns
 
 
 async def test_history_survives_a_restart_and_feedback_is_exported(
