@@ -37,7 +37,7 @@ from ingest.plan import UPLOADS_PREFIX, FilePlan, Planner, Scope
 from ingest.report import FileOutcome, IngestReport, Reporter, SilentReporter, Status
 from ingest.retry import RATE_LIMIT_PATIENCE, Retrier, RetryPolicy
 from ingest.split import Chunk, Splitter
-from rag.store import records
+from rag.store import catalog, records
 from rag.store.filters import ids_expr, source_expr
 from rag.store.schema import chunk_id, chunk_metadata, file_hash
 
@@ -180,7 +180,12 @@ class Pipeline:
 
     async def run(self, root: Path) -> IngestReport:
         with _quiet_milvus_client():
-            return await self._run(root)
+            try:
+                return await self._run(root)
+            finally:
+                # Rows were written or deleted, maybe also by a run that then failed: the
+                # process' cached catalog of files (the chat's document list) is stale.
+                catalog.invalidate(self.store)
 
     async def _run(self, root: Path) -> IngestReport:
         started = time.perf_counter()

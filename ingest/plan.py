@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ingest.discover import wanted
-from rag.store import records
+from rag.store import catalog, records
 from rag.store.filters import source_expr, version_expr
 from rag.store.records import StoredFile
 
@@ -93,7 +93,10 @@ class Planner:
 
     ``known`` are the sources with rows when a folder run started, read once: a file not
     among them needs no per-file look-up, which dominated runs over thousands of new files.
-    None (single files, chat uploads): every file is looked up.
+    None (single files, chat uploads): every file is looked up. They are read from every
+    row (``catalog.row_counts``), not from the catalog of first chunks: an interrupted run
+    may have written later chunks of a file and not its first, and those rows must be
+    found, to be cleared before the file is written again or removed with it.
     """
 
     def __init__(self, store: Milvus, call: Call, known: set[str] | None) -> None:
@@ -101,7 +104,7 @@ class Planner:
 
     @classmethod
     async def start(cls, store: Milvus, call: Call, *, whole_folder: bool) -> Planner:
-        known = await call(records.stored_sources, store) if whole_folder else None
+        known = set(await call(catalog.row_counts, store)) if whole_folder else None
         return cls(store, call, known)
 
     def is_new(self, source: str) -> bool:

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rag.errors import StoreUnavailable
-from rag.store.filters import source_expr, sources_expr, version_expr
+from rag.store.filters import source_expr, version_expr
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
-
-PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -55,24 +53,6 @@ async def stored_file(store: Milvus, source: str, digest: str) -> StoredFile:
         return StoredFile(rows, 0, None)
     current_rows = await count(store, version_expr(source, digest, same=True))
     return StoredFile(rows, current_rows, int(current[0]["chunk_count"]))
-
-
-async def stored_sources(store: Milvus) -> set[str]:
-    """Every source with at least one row.
-
-    Milvus has no DISTINCT and query results are not ordered, so each round asks
-    for rows of sources not seen yet; every round finds at least one new source.
-    """
-    sources: set[str] = set()
-    while True:
-        expr = f"not ({sources_expr(sorted(sources))})" if sources else ""
-        rows = await store.aclient.query(
-            store.collection_name, filter=expr, output_fields=["source"], limit=PAGE
-        )
-        fresh = {str(r["source"]) for r in rows} - sources
-        if not fresh:
-            return sources
-        sources |= fresh
 
 
 async def delete_where(store: Milvus, expr: str) -> None:

@@ -15,6 +15,7 @@ from pymilvus import MilvusClient
 from ingest.loaders import load
 from rag.embeddings import LOCAL_MODEL_NAME
 from rag.errors import EmbeddingMismatch
+from rag.store import catalog
 from rag.store.milvus import read_identity
 from rag.store.schema import chunk_id, content_hash
 from tests.conftest import (
@@ -297,6 +298,20 @@ async def test_renamed_file_moves_its_rows(open_env: OpenEnv, tmp_path: Path) ->
     assert outcomes["spec-v2.md"].status == "added"
     assert await env.count() == total
     assert await env.count('source == "sub/deep/spec.md"') == 0
+
+
+async def test_an_ingest_refreshes_the_cached_list_of_files(
+    open_env: OpenEnv, tmp_path: Path
+) -> None:
+    """The chat lists documents from a catalog kept in the process; an ingest drops it."""
+    folder = write_files(tmp_path / "docs", SMALL_FOLDER)
+    env = await open_env(**SMALL)
+    assert await catalog.source_names(env.store) == []  # read, and kept for a while
+    await env.ingest(folder)
+    assert await catalog.source_names(env.store) == sorted(SMALL_FOLDER)
+    (folder / "notes.txt").unlink()
+    await env.ingest(folder)
+    assert await catalog.source_names(env.store) == ["guide.md", "sub/deep/spec.md"]
 
 
 async def test_single_file_ingest_leaves_other_sources_alone(
