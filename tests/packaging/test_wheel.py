@@ -235,6 +235,10 @@ def test_the_installed_project_is_the_wheel_and_its_cli_runs(venv: Venv) -> None
     _check(done)
     for command in ("ingest", "ask", "ui"):
         assert command in done.stdout, done.stdout
+    # The benchmarks are not packaged: one clear line instead of a traceback.
+    bench = venv.run(venv.rag, "bench", "--quick")
+    assert bench.returncode == 2, bench.stdout + bench.stderr
+    assert "only in a source checkout" in bench.stderr and "Traceback" not in bench.stderr
 
 
 def test_prompts_starters_and_welcome_page_load_from_the_package(venv: Venv) -> None:
