@@ -16,7 +16,6 @@ every call to Milvus or the embedding API goes through ``ingest.retry``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -35,7 +34,7 @@ from ingest.discover import FoundFile, discover, is_single_file
 from ingest.loaders import LoadedFile, LoadError, load
 from ingest.plan import UPLOADS_PREFIX, FilePlan, Planner, Scope
 from ingest.report import FileOutcome, IngestReport, Reporter, SilentReporter, Status
-from ingest.retry import RATE_LIMIT_PATIENCE, Retrier, RetryPolicy
+from ingest.retry import RATE_LIMIT_PATIENCE, Retrier, RetryPolicy, quiet_milvus_client
 from ingest.split import Chunk, Splitter
 from rag.store import catalog, records
 from rag.store.filters import ids_expr, source_expr
@@ -179,7 +178,7 @@ class Pipeline:
         self.ingested_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     async def run(self, root: Path) -> IngestReport:
-        with _quiet_milvus_client():
+        with quiet_milvus_client():
             try:
                 return await self._run(root)
             finally:
@@ -455,36 +454,6 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
-
-
-@contextlib.contextmanager
-def _quiet_milvus_client() -> Iterator[None]:
-    """Silence pymilvus' own per-attempt tracebacks while the pipeline retries.
-
-    pymilvus logs every failed call with a full traceback through its own handler; the
-    pipeline already reports each retry and the final failure in one line, so an
-    outage would otherwise bury those lines under hundreds of traceback lines.
-    Debug logging (``rag -v``) keeps them.
-    """
-    global _quieted, _saved_level
-    logger = logging.getLogger("pymilvus")
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
-        yield
-        return
-    if _quieted == 0:  # runs may overlap (chat uploads): the first saves, the last restores
-        _saved_level = logger.level
-        logger.setLevel(logging.CRITICAL)
-    _quieted += 1
-    try:
-        yield
-    finally:
-        _quieted -= 1
-        if _quieted == 0:
-            logger.setLevel(_saved_level)
-
-
-_quieted = 0
-_saved_level = logging.NOTSET
 
 
 def _hash(found: FoundFile) -> str:

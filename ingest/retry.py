@@ -15,7 +15,9 @@ what still fails is explained by ``rag.errors.explain`` naming the service at fa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -200,3 +202,33 @@ def collection_released(error: BaseException) -> bool:
     """Milvus refused a call because the collection is not loaded (as after a restart)."""
     text = str(error).lower()
     return "released" in text or "not loaded" in text
+
+
+@contextlib.contextmanager
+def quiet_milvus_client() -> Iterator[None]:
+    """Silence pymilvus' own per-attempt tracebacks while a run retries.
+
+    pymilvus logs every failed call with a full traceback through its own handler; a run
+    already reports each retry and the final failure in one line, so an outage would
+    otherwise bury those lines under hundreds of traceback lines.
+    Debug logging (``rag -v``) keeps them.
+    """
+    global _quieted, _saved_level
+    logger = logging.getLogger("pymilvus")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    if _quieted == 0:  # runs may overlap (chat uploads): the first saves, the last restores
+        _saved_level = logger.level
+        logger.setLevel(logging.CRITICAL)
+    _quieted += 1
+    try:
+        yield
+    finally:
+        _quieted -= 1
+        if _quieted == 0:
+            logger.setLevel(_saved_level)
+
+
+_quieted = 0
+_saved_level = logging.NOTSET
