@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from dotenv import dotenv_values
 
+from rag.auth import AUTH_SECRET_VARIABLE, auth_secret_problem
 from rag.cli.app import CollectionOption, app, console, errors, fail, settings_or_exit
 from rag.config import SQLITE_PREFIX
-from rag.errors import RagError
+from rag.errors import ConfigError, RagError
 
 # Where the package sits: the repository in a source checkout (an editable install), the
 # site-packages folder in an installed wheel, which has no bench/.
@@ -33,6 +35,13 @@ def ui(
 
     settings = settings_or_exit(collection=collection)
     env = dict(os.environ) | settings.to_env()
+    if settings.login_users:
+        # Chainlit reads its secret from the environment of the app root, not from this
+        # folder's .env: take it from either, and refuse a login that could not sign in.
+        secret = env.get(AUTH_SECRET_VARIABLE) or dotenv_values(".env").get(AUTH_SECRET_VARIABLE)
+        if problem := auth_secret_problem(secret):
+            raise fail(ConfigError(problem))
+        env[AUTH_SECRET_VARIABLE] = str(secret)
     # Chainlit runs from the app root (where chainlit.md is): pin relative paths first.
     if settings.milvus_is_local:
         env["RAG_MILVUS_URI"] = str(settings.milvus_path.resolve())
