@@ -127,11 +127,6 @@ def milvus_service(settings: Settings) -> Service:
 MILVUS_ERRORS = (MilvusException, grpc.RpcError)
 
 
-def describe_failure(settings: Settings, error: BaseException) -> str:
-    """Deprecated, to be removed: use ``explain(error, milvus_service(settings))``."""
-    return str(explain(error, milvus_service(settings)))
-
-
 def connect(settings: Settings) -> MilvusClient:
     """A sync client (blocking: call from a worker thread in async code)."""
     try:

@@ -12,14 +12,14 @@ from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient, MilvusException
 
 from rag.config import Settings
-from rag.errors import CollectionNotFound, EmbeddingMismatch, StoreUnavailable
+from rag.errors import CollectionNotFound, EmbeddingMismatch, StoreUnavailable, explain
 from rag.store.milvus import (
     CollectionIdentity,
     connect,
-    describe_failure,
     drop_collection,
     ensure_collection,
     list_collections,
+    milvus_service,
     read_identity,
 )
 from rag.store.schema import SCHEMA_CHANGES, SCHEMA_VERSION
@@ -160,11 +160,12 @@ def test_a_password_in_the_uri_is_masked() -> None:
     assert "hunter2" not in message
 
 
-def test_describe_failure_says_what_explain_says() -> None:
+def test_a_milvus_error_names_the_server_with_token_and_password_masked() -> None:
     settings = _unreachable(milvus_uri="http://user:hunter2@127.0.0.1:1", milvus_token="tok-3141")
     error = MilvusException(message="refused by tok-3141 at http://user:hunter2@127.0.0.1:1")
-    line = describe_failure(settings, error)
-    assert line == (
+    explained = explain(error, milvus_service(settings))
+    assert isinstance(explained, StoreUnavailable)
+    assert str(explained) == (
         "cannot use Milvus at http://user:********@127.0.0.1:1: "
         "refused by ******** at http://user:********@127.0.0.1:1"
     )
