@@ -345,7 +345,10 @@ async def _locked_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnect
         try:
             yield conn
         except BaseException:
-            await conn.exec_driver_sql("ROLLBACK")
+            # Connection.rollback, not a ROLLBACK statement: after a failed statement the
+            # connection refuses new SQL until rolled back (PendingRollbackError), and
+            # sqlite3's rollback() ends the open transaction whatever its isolation_level.
+            await conn.rollback()
             raise
         await conn.exec_driver_sql("COMMIT")
 
@@ -355,17 +358,20 @@ def history_service(url: str) -> Service:
     return Service("history", f"the chat history database at {url}")
 
 
-async def ensure_schema(engine: AsyncEngine, url: str | None = None) -> int:
+async def ensure_schema(
+    engine: AsyncEngine, url: str | None = None, migrations: Sequence[Migration] = MIGRATIONS
+) -> int:
     """Create or upgrade the history tables; safe at every start, from many processes.
 
-    Returns the schema version the database is at.
+    Returns the schema version the database is at. A step that fails rolls back every step
+    of this start, so the next start begins again from the recorded version.
     """
     name = engine.dialect.name
     if name not in SUPPORTED_DIALECTS:
         raise HistoryUnavailable(f"unsupported chat history database {name!r}")
     try:
         async with _locked_transaction(engine) as conn:
-            return await conn.run_sync(upgrade)
+            return await conn.run_sync(upgrade, migrations)
     # asyncpg's connection failures (refused, unknown host, timeout) arrive as OSError,
     # not wrapped by SQLAlchemy; everything else the drivers raise is a SQLAlchemyError.
     except (SQLAlchemyError, OSError) as error:

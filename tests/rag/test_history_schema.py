@@ -17,16 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import chainlit as cl
 import pytest
+from chainlit.types import Feedback
 from sqlalchemy import Connection, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from rag.errors import HistoryUnavailable
-from rag.history import read_feedback
+from rag.history import HistoryDataLayer, read_feedback
 from rag.history_schema import (
     CHAT_TABLES,
     LATEST,
     MIGRATIONS,
+    Migration,
     ensure_schema,
     make_engine,
     schema_versions,
@@ -308,11 +311,6 @@ async def test_a_new_database_gets_every_table_column_and_index_at_the_latest_ve
     assert dict(c[:2] for c in snapshot["columns"]["steps"])["threadId"] == "TEXT"
 
     # Chainlit's own data layer writes and reads its rows in these tables
-    import chainlit as cl
-    from chainlit.types import Feedback
-
-    from rag.history import HistoryDataLayer
-
     layer = HistoryDataLayer(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}")
     try:
         user = await layer.create_user(cl.User(identifier="alice", metadata={"a": 1}))
@@ -352,7 +350,7 @@ async def test_an_install_from_the_hand_written_ddl_is_migrated_in_order_and_kee
 
 
 async def test_an_older_chainlit_schema_gets_its_missing_tables_columns_and_indexes_in_order(
-    sqlite_engine: AsyncEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    sqlite_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = [r for r in _old_rows("'{}'") if not r.startswith("INSERT INTO users")]
     rows[0] = rows[0].replace(f"'{USER_ID}'", "NULL")  # threads.userId: no user row
@@ -416,6 +414,24 @@ async def test_migrating_twice_changes_nothing(
             await conn.run_sync(migration.apply)
     assert await _snapshot(sqlite_engine) == once
     assert not [r for r in caplog.records if r.name == "rag.history_schema"]
+
+
+@pytest.mark.parametrize("start", ["current", "older"])
+async def test_a_failing_step_leaves_the_database_as_it_was(
+    start: str, sqlite_engine: AsyncEngine
+) -> None:
+    if start == "older":  # every step of this start is undone, not only the failing one
+        await _run(sqlite_engine, _statements(OLDER_CHAINLIT_DDL))
+    else:
+        await ensure_schema(sqlite_engine)
+    before = await _snapshot(sqlite_engine)
+    failing = Migration(
+        LATEST + 1, "a step that fails", lambda conn: conn.exec_driver_sql("SELECT * FROM nowhere")
+    )
+    with pytest.raises(HistoryUnavailable, match=r"chat history database at .*: .*nowhere"):
+        await ensure_schema(sqlite_engine, migrations=(*MIGRATIONS, failing))
+    assert await _snapshot(sqlite_engine) == before
+    assert await ensure_schema(sqlite_engine) == LATEST  # and the next start succeeds
 
 
 async def test_a_database_from_a_newer_release_is_left_as_it_is(
@@ -504,9 +520,7 @@ async def test_postgresql_new_older_and_repeated_starts(postgres_url: str) -> No
         migrated = await _snapshot(old)
         assert migrated["versions"] == [(m.version, m.description) for m in MIGRATIONS]
         assert migrated["rows"] == before["rows"]
-        assert {k: v for k, v in migrated["columns"].items() if k != schema_versions.name} == (
-            before["columns"]
-        )
+        assert _without_versions(migrated["columns"]) == before["columns"]
         # the same tables, columns and types as a new database
         for table in _declared():
             assert migrated["columns"][table] == created["columns"][table], table
