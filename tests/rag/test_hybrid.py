@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -10,7 +11,7 @@ from pymilvus import MilvusClient
 
 from rag.embeddings import embedding_identity
 from rag.errors import EmbeddingMismatch
-from rag.retrieval import SearchOptions, retrieve
+from rag.retrieval import PassageRetriever, SearchOptions, retrieve
 from rag.store.milvus import CollectionIdentity, _create_collection, bm25_unavailable_reason
 from tests.conftest import Corpus, OpenEnv, make_settings, run_rag
 
@@ -49,9 +50,13 @@ async def test_hybrid_finds_exact_identifiers_that_dense_ranks_lower(corpus: Cor
     store = corpus.env.store
     assert store.bm25_unavailable is None
     dense_first = []
+    retriever = PassageRetriever(store=store, k=1, mode="hybrid")
     for question, gold in EXACT_IDS.items():
         hybrid = await retrieve(store, question, SearchOptions(k=1, mode="hybrid"))
         assert hybrid[0].source == gold, question
+        # The retriever's sync path (the store's sync clients) finds the same passage.
+        (document,) = await asyncio.to_thread(retriever.invoke, question)
+        assert document.id == hybrid[0].document.metadata["pk"], question
         dense = await retrieve(store, question, SearchOptions(k=1, mode="dense"))
         dense_first.append(dense[0].source == gold)
     assert not all(dense_first), "the cases must be ones dense search gets wrong"
@@ -129,6 +134,12 @@ async def test_collection_without_bm25_falls_back_to_dense_and_says_so(
     fallback = await retrieve(env.store, question, SearchOptions(k=1, mode="hybrid"))
     assert [h.document.metadata["pk"] for h in fallback] == [
         h.document.metadata["pk"] for h in dense
+    ]
+    blocking = await asyncio.to_thread(PassageRetriever(store=env.store, k=1).invoke, question)
+    assert [d.id for d in blocking] == [h.document.metadata["pk"] for h in dense]
+    hybrid = PassageRetriever(store=env.store, k=1, mode="hybrid")
+    assert [d.id for d in await asyncio.to_thread(hybrid.invoke, question)] == [
+        d.id for d in blocking
     ]
 
 
