@@ -135,7 +135,7 @@ async def retrieve(store: Milvus, question: str, options: SearchOptions) -> list
 
 
 def _retrieve_blocking(store: Milvus, question: str, options: SearchOptions) -> list[Hit]:
-    """``retrieve`` through the store's sync clients, for callers without an event loop.
+    """``retrieve`` through the store's sync clients: for sync code and worker threads.
 
     The same requests and the same scoring as the async path (shared helpers below);
     only the I/O differs, and the two MMR searches of the dense path run one after the
