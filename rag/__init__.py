@@ -34,7 +34,7 @@ _HOMES = {
     "rag.chain": ("Answer", "AnswerInterrupted", "Condensed", "RagChain", "Retrieved", "Token"),
     "rag.config": ("Settings", "load_settings"),
     "rag.errors": ("RagError",),
-    "rag.retrieval": ("Hit", "SearchOptions", "retrieve"),
+    "rag.retrieval": ("Hit", "PassageRetriever", "SearchOptions", "retrieve"),
     "rag.services": ("Services", "open_services"),
 }
 _EXPORTS = {name: module for module, names in _HOMES.items() for name in names}
@@ -53,6 +53,7 @@ __all__ = [  # noqa: RUF022 - grouped as in _HOMES
     "load_settings",
     "RagError",
     "Hit",
+    "PassageRetriever",
     "SearchOptions",
     "retrieve",
     "Services",
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     from rag.chain import Answer, AnswerInterrupted, Condensed, RagChain, Retrieved, Token
     from rag.config import Settings, load_settings
     from rag.errors import RagError
-    from rag.retrieval import Hit, SearchOptions, retrieve
+    from rag.retrieval import Hit, PassageRetriever, SearchOptions, retrieve
     from rag.services import Services, open_services
 
 
