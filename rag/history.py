@@ -49,14 +49,6 @@ log = logging.getLogger(__name__)
 META_KEY = "rag"
 
 
-def describe(url: str, error: BaseException) -> str:
-    """One line naming the database (password masked) and the first line of the cause.
-
-    Kept for callers that print a line rather than raise; it is `explain`'s wording.
-    """
-    return str(explain(error, history_service(url)))
-
-
 @contextmanager
 def _quiet(name: str) -> Iterator[None]:
     logger = logging.getLogger(name)
