@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from chainlit.element import Element
     from sqlalchemy import Select
 
-log = logging.getLogger(__name__)
-
 # Where an answer keeps what the chat history, `rag feedback` and resuming need.
 META_KEY = "rag"
 
