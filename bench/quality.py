@@ -122,19 +122,11 @@ async def measure_size(
     dataset: Dataset, uri: str, size: int, embeddings: Any, dimension: int, quick: bool = False
 ) -> list[Row]:
     """Ingest the corpus at one chunk size, then run every search configuration on it."""
-    from rag.embeddings import embedding_identity
-    from rag.store.milvus import open_store
+    from rag.services import open_collection
 
     rows: list[Row] = []
     settings = pinned_settings(uri, size)
-    store = await asyncio.to_thread(
-        open_store,
-        settings,
-        embeddings,
-        dimension,
-        embedding_model=embedding_identity(settings)[0],
-        recreate=True,
-    )
+    store = await open_collection(settings, embeddings, dimension, recreate=True)
     started = time.perf_counter()
     report = await ingest_path(SAMPLE_DOCS, store, settings)
     if not report.ok:

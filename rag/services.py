@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Generator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rag.embeddings import (
@@ -23,7 +22,7 @@ from rag.embeddings import (
     embedding_service,
 )
 from rag.errors import explain
-from rag.store.milvus import open_store
+from rag.store.milvus import RagMilvus, open_store
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -63,12 +62,7 @@ class Services:
     async def __aenter__(self) -> Services:
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 
@@ -83,20 +77,35 @@ async def resolve_dimension(settings: Settings, embeddings: Embeddings) -> int:
         raise explain(error, embedding_service(settings)) from error
 
 
+async def open_collection(
+    settings: Settings,
+    embeddings: Embeddings,
+    dimension: int,
+    *,
+    collection: str | None = None,
+    recreate: bool = False,
+) -> RagMilvus:
+    """The store on the configured collection, built off the event loop (its constructor
+    uses the sync client), recorded as made by the configured embedding model."""
+    return await asyncio.to_thread(
+        open_store,
+        settings,
+        embeddings,
+        dimension,
+        embedding_model=embedding_identity(settings)[0],
+        collection=collection,
+        recreate=recreate,
+    )
+
+
 async def _open(settings: Settings, collection: str | None, recreate: bool) -> Services:
     embeddings = build_embeddings(settings)
     try:
         if isinstance(embeddings, LocalMiniLMEmbeddings):
             await asyncio.to_thread(embeddings.load)
         dimension = await resolve_dimension(settings, embeddings)
-        store = await asyncio.to_thread(
-            open_store,
-            settings,
-            embeddings,
-            dimension,
-            embedding_model=embedding_identity(settings)[0],
-            collection=collection,
-            recreate=recreate,
+        store = await open_collection(
+            settings, embeddings, dimension, collection=collection, recreate=recreate
         )
     except BaseException:
         await close_embeddings(embeddings)  # nothing else was opened
@@ -125,12 +134,7 @@ class OpeningServices:
         self._services = await _open(*self._arguments)
         return self._services
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         services, self._services = self._services, None
         if services is not None:
             await services.aclose()

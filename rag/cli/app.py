@@ -38,6 +38,8 @@ ModeOption = Annotated[
     typer.Option("--mode", "-m", help=f"{', '.join(SEARCH_MODES)} (default: RAG_SEARCH_MODE)."),
 ]
 
+MmrOption = Annotated[bool | None, typer.Option("--mmr/--no-mmr", help="Diversify passages (MMR).")]
+
 CollectionOption = Annotated[
     str | None,
     typer.Option("--collection", "-c", help="Collection to use (default: RAG_COLLECTION)."),

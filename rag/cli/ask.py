@@ -11,6 +11,7 @@ from rich.text import Text
 
 from rag.cli.app import (
     CollectionOption,
+    MmrOption,
     ModeOption,
     app,
     console,
@@ -73,9 +74,7 @@ def note_fallback(store: object, mode: str) -> None:
 def ask(
     question: Annotated[str, typer.Argument(help="Your question about the documents.")],
     k: Annotated[int | None, typer.Option("--k", "-k", min=1, max=50, help="Passages.")] = None,
-    mmr: Annotated[
-        bool | None, typer.Option("--mmr/--no-mmr", help="Diversify passages (MMR).")
-    ] = None,
+    mmr: MmrOption = None,
     source: Annotated[
         list[str] | None, typer.Option("--source", "-s", help="Only search these files.")
     ] = None,

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rag.choices import EVAL_MODES
-from rag.cli.app import CollectionOption, app, console, fail, run_async, settings_or_exit
+from rag.cli.app import CollectionOption, MmrOption, app, console, fail, run_async, settings_or_exit
 from rag.errors import RagError
 
 EvalMode = StrEnum("EvalMode", {mode: mode for mode in EVAL_MODES})
@@ -41,9 +41,7 @@ def evaluate(
         list[int] | None,
         typer.Option("--k", "-k", min=1, max=50, help="Passages for the model; repeat to compare."),
     ] = None,
-    mmr: Annotated[
-        bool | None, typer.Option("--mmr/--no-mmr", help="Diversify passages (MMR).")
-    ] = None,
+    mmr: MmrOption = None,
     answers: Annotated[
         bool,
         typer.Option(
