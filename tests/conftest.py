@@ -17,10 +17,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,14 @@ def load_questions() -> list[dict[str, Any]]:
 def sample_sources() -> set[str]:
     """Relative paths (forward slashes) of every file in the sample corpus."""
     return {p.relative_to(SAMPLE_DOCS).as_posix() for p in SAMPLE_DOCS.rglob("*") if p.is_file()}
+
+
+def copy_samples(folder: Path, names: Iterable[str]) -> Path:
+    """A fresh ``folder`` holding copies of these sample documents; returns ``folder``."""
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy2(SAMPLE_DOCS / name, folder / name)
+    return folder
 
 
 def write_files(root: Path, files: Mapping[str, str | bytes]) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from rag.chain import NOTHING_FOUND
 from rag.errors import ModelUnavailable
 from rag.local.server import free_port
+from tests.conftest import copy_samples
 from tests.support.fake_openai import FakeServer, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,10 +97,7 @@ def run_rag(*args: str, cwd: Path, **variables: str) -> Run:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """Three sample documents ingested by `rag ingest` into a fresh database file."""
     root = tmp_path_factory.mktemp("ask-cli")
-    docs = root / "docs"
-    docs.mkdir()
-    for name in CORPUS:
-        shutil.copy2(SAMPLE_DOCS / name, docs / name)
+    docs = copy_samples(root / "docs", CORPUS)
     cwd = root / "cwd"
     cwd.mkdir()
     db = root / "milvus.db"

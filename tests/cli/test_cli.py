@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from milvus_lite.server_manager import server_manager_instance
 
-from tests.conftest import SAMPLE_DOCS, OpenEnv, run_rag, write_files
+from tests.conftest import OpenEnv, copy_samples, run_rag, write_files
 from tests.support.fake_openai import FakeServer
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + bytes(32)
@@ -57,10 +56,7 @@ class Ingested:
 def ingested(tmp_path_factory: pytest.TempPathFactory) -> Ingested:
     """Three sample documents ingested by `rag ingest` with the local model."""
     workdir = tmp_path_factory.mktemp("cli")
-    folder = workdir / "docs"
-    folder.mkdir()
-    for name in COPIED:
-        shutil.copy(SAMPLE_DOCS / name, folder / name)
+    folder = copy_samples(workdir / "docs", COPIED)
     env = {"RAG_MILVUS_URI": str(workdir / "milvus.db"), "RAG_COLLECTION": "cli_docs"}
     first = run_rag("ingest", str(folder), cwd=workdir, timeout=180, **env)
     return Ingested(folder, workdir, env, first)
