@@ -42,7 +42,7 @@ from pydantic import TypeAdapter, model_validator
 from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
 from rag.choices import Ranker, SearchMode
-from rag.store.filters import sources_expr
+from rag.store.filters import all_of, sources_expr, visible_to
 from rag.store.schema import (
     METADATA_FIELDS,
     PRIMARY_FIELD,
@@ -97,6 +97,10 @@ class SearchOptions:
     ranker: Ranker = "rrf"
     dense_weight: float = 0.6
     rrf_k: int = RRF_K
+    # Whose private rows the search may return besides the shared ones (an owner key,
+    # rag.store.schema); "" = shared rows only. Set by the server from the session,
+    # never from what a client sends.
+    viewer: str = ""
 
 
 def search_options(settings: Settings) -> SearchOptions:
@@ -125,9 +129,19 @@ def effective_mode(store: Milvus, mode: SearchMode) -> SearchMode:
     return mode
 
 
+def search_expr(options: SearchOptions) -> str:
+    """The filter of every search: the rows ``viewer`` may see, within the chosen sources.
+
+    Visibility is ANDed in server side on every path, so a source filter naming another
+    owner's file matches none of its rows rather than trusting the client's list.
+    """
+    chosen = sources_expr(options.sources) if options.sources else None
+    return all_of(visible_to(options.viewer), chosen)
+
+
 async def retrieve(store: Milvus, question: str, options: SearchOptions) -> list[Hit]:
     """Top passages for a question, best first."""
-    expr = sources_expr(options.sources) if options.sources else None
+    expr = search_expr(options)
     mode = effective_mode(store, options.mode)
     if mode == "dense":
         return await _dense(store, question, options, expr)
@@ -141,7 +155,7 @@ def _retrieve_blocking(store: Milvus, question: str, options: SearchOptions) -> 
     only the I/O differs, and the two MMR searches of the dense path run one after the
     other instead of concurrently.
     """
-    expr = sources_expr(options.sources) if options.sources else None
+    expr = search_expr(options)
     mode = effective_mode(store, options.mode)
     if mode == "dense":
         if not options.mmr:
@@ -175,9 +189,7 @@ def _lend_scores(picked: list[Document], scored: list[tuple[Document, float]]) -
     return [Hit(doc, scores.get(doc.metadata.get(PRIMARY_FIELD), 0.0)) for doc in picked]
 
 
-async def _dense(
-    store: Milvus, question: str, options: SearchOptions, expr: str | None
-) -> list[Hit]:
+async def _dense(store: Milvus, question: str, options: SearchOptions, expr: str) -> list[Hit]:
     """Vector search through langchain-milvus.
 
     MMR in langchain-milvus returns documents without scores, so the scored search
@@ -206,7 +218,7 @@ def _lexical_search(
     store: Milvus,
     question: str,
     options: SearchOptions,
-    expr: str | None,
+    expr: str,
     mode: SearchMode,
     query_vector: list[float],
 ) -> _LexicalSearch:
@@ -248,7 +260,7 @@ def _lexical_search(
 
 
 async def _lexical(
-    store: Milvus, question: str, options: SearchOptions, expr: str | None, mode: SearchMode
+    store: Milvus, question: str, options: SearchOptions, expr: str, mode: SearchMode
 ) -> list[Hit]:
     """BM25 or hybrid search, then cosine scores (and MMR) from the hits' own vectors."""
     query_vector = await store.embeddings.aembed_query(question)

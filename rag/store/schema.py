@@ -21,9 +21,18 @@ SPARSE_FIELD = "sparse"
 BM25_FUNCTION = "text_bm25"
 # 3: chunk text starts with a contextual header (ingest/split.py). Older collections still
 # work but rank worse, and unchanged files are never rewritten, so they must be rebuilt.
-SCHEMA_VERSION = 3
+# 4: every row records its owner. Milvus 2.3 cannot add a field to an existing
+# collection, and reading old rows as shared while new ones filter on the field would
+# split every query in two, so older collections are rebuilt instead.
+SCHEMA_VERSION = 4
 # What each version changed, told to the user who is asked to rebuild.
-SCHEMA_CHANGES = {3: "chunks now start with their document title and section"}
+SCHEMA_CHANGES = {
+    3: "chunks now start with their document title and section",
+    4: "chunks now record who may see them (private uploads)",
+}
+# The owner of rows everyone may see (folder ingests). Any other value is one owner key:
+# a signed-in user's identifier, or ``thread:<chat thread id>`` without login.
+SHARED = ""
 MAX_VARCHAR = 65_535
 # Every chunk row carries exactly these metadata fields, so the schema never
 # depends on which document happened to be inserted first.
@@ -38,6 +47,8 @@ METADATA_FIELDS: dict[str, DataType] = {
     "file_hash": DataType.VARCHAR,
     "file_size": DataType.INT64,
     "ingested_at": DataType.VARCHAR,
+    # Who may see the row: SHARED or one owner key (rag.store.filters.visible_to).
+    "owner": DataType.VARCHAR,
 }
 
 
@@ -53,8 +64,12 @@ def chunk_metadata(
     file_hash: str,
     file_size: int,
     ingested_at: str,
+    owner: str = SHARED,
 ) -> dict[str, Any]:
-    """The metadata of one chunk row: exactly ``METADATA_FIELDS``, values cut to fit."""
+    """The metadata of one chunk row: exactly ``METADATA_FIELDS``, values cut to fit.
+
+    ``owner`` is never cut: a shortened key would be another owner's, or nobody's.
+    """
     row: dict[str, Any] = {  # keys: exactly METADATA_FIELDS (tests/rag/test_schema.py)
         "source": source,
         "title": title[:500],
@@ -66,6 +81,7 @@ def chunk_metadata(
         "file_hash": file_hash,
         "file_size": file_size,
         "ingested_at": ingested_at,
+        "owner": owner,
     }
     return row
 

@@ -18,17 +18,21 @@ from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient
 
 from rag.store.filters import (
+    all_of,
     first_chunks_expr,
     ids_expr,
+    owned_by,
     quote,
     source_expr,
     sources_expr,
     version_expr,
+    visible_to,
 )
 from rag.store.milvus import CollectionIdentity, ensure_collection
 from rag.store.schema import (
     METADATA_FIELDS,
     PRIMARY_FIELD,
+    SHARED,
     TEXT_FIELD,
     VECTOR_FIELD,
     chunk_id,
@@ -51,10 +55,13 @@ HOSTILE = [
 ]
 OTHERS = ["plain.md", "x", "back", "new", 'x"']
 COLLECTION = "hostile"
+OWNED = "owned"  # one row per (owner, source) pair, for the visibility filters
 DIMENSION = 2
+# Owner keys come from logins and thread ids: just as hostile as a file name.
+OWNERS = [SHARED, "alice", "thread:abc", 'alice" or owner != "', "bob\\", "eve\n"]
 
 
-def _row(source: str, digest: str = "h1", index: int = 0) -> dict[str, object]:
+def _row(source: str, digest: str = "h1", index: int = 0, owner: str = SHARED) -> dict[str, object]:
     return {
         PRIMARY_FIELD: chunk_id(source, digest, index),
         TEXT_FIELD: f"chunk {index} of {source!r}",
@@ -70,6 +77,7 @@ def _row(source: str, digest: str = "h1", index: int = 0) -> dict[str, object]:
             file_hash=digest,
             file_size=1,
             ingested_at="2025-01-01T00:00:00+00:00",
+            owner=owner,
         ),
     }
 
@@ -82,9 +90,25 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusClient]:
     ensure_collection(milvus, COLLECTION, CollectionIdentity("test-model", DIMENSION))
     rows = [_row(s, index=i) for s in HOSTILE + OTHERS for i in (0, 1)]
     milvus.insert(COLLECTION, rows)
+    ensure_collection(milvus, OWNED, CollectionIdentity("test-model", DIMENSION))
+    milvus.insert(OWNED, [_owned(owner, source) for owner in OWNERS for source in OWNED_SOURCES])
     yield milvus
     milvus.close()
     server_manager_instance.release_server(path)
+
+
+OWNED_SOURCES = ["same.md", 'x" or source != "']
+
+
+def _owned(owner: str, source: str) -> dict[str, object]:
+    row = _row(source, digest=f"h-{owner}", owner=owner)
+    row[PRIMARY_FIELD] = chunk_id(f"{owner}\n{source}", "h1", 0)
+    return row
+
+
+def _owners(client: MilvusClient, expr: str) -> list[tuple[str, str]]:
+    rows = client.query(OWNED, filter=expr, output_fields=["owner", "source"], limit=1000)
+    return sorted((str(r["owner"]), str(r["source"])) for r in rows)
 
 
 def _sources(client: MilvusClient, expr: str) -> list[str]:
@@ -110,6 +134,38 @@ def test_several_hostile_sources_in_one_expression(client: MilvusClient) -> None
 
 def test_first_chunks_are_one_row_per_file(client: MilvusClient) -> None:
     assert _sources(client, first_chunks_expr()) == sorted(HOSTILE + OTHERS)
+
+
+@pytest.mark.parametrize("viewer", OWNERS, ids=repr)
+def test_a_viewer_sees_the_shared_rows_and_its_own_only(client: MilvusClient, viewer: str) -> None:
+    seen = {owner for owner, _source in _owners(client, visible_to(viewer))}
+    assert seen == {SHARED, viewer}
+    assert _owners(client, owned_by(viewer)) == [(viewer, s) for s in sorted(OWNED_SOURCES)]
+
+
+@pytest.mark.parametrize("owner", OWNERS, ids=repr)
+def test_owner_scoped_builders_stay_within_that_owner(client: MilvusClient, owner: str) -> None:
+    source = OWNED_SOURCES[1]
+    assert _owners(client, source_expr(source, owner)) == [(owner, source)]
+    assert _owners(client, sources_expr(OWNED_SOURCES, owner)) == [
+        (owner, s) for s in sorted(OWNED_SOURCES)
+    ]
+    assert _owners(client, version_expr(source, f"h-{owner}", same=True, owner=owner)) == [
+        (owner, source)
+    ]
+    assert _owners(client, version_expr(source, f"h-{owner}", same=False, owner=owner)) == []
+    assert len(_owners(client, first_chunks_expr(owner))) == len(OWNED_SOURCES)
+    # Without an owner the same builders match every owner's rows, as before.
+    assert len(_owners(client, source_expr(source))) == len(OWNERS)
+
+
+def test_all_of_parenthesises_so_no_part_widens_another(client: MilvusClient) -> None:
+    either = sources_expr(OWNED_SOURCES)
+    assert _owners(client, all_of(visible_to("alice"), either, None)) == sorted(
+        (o, s) for o in (SHARED, "alice") for s in OWNED_SOURCES
+    )
+    assert all_of(None, either) == either
+    assert all_of() == ""
 
 
 def test_quote_escapes_what_ends_a_literal() -> None:

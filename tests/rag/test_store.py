@@ -88,6 +88,7 @@ def test_an_old_schema_version_asks_for_a_rebuild(client: MilvusClient) -> None:
     message = str(refused.value)
     assert f"uses schema version {SCHEMA_VERSION - 1}" in message
     assert f"needs {SCHEMA_VERSION} ({SCHEMA_CHANGES[SCHEMA_VERSION]})" in message
+    assert "(chunks now record who may see them (private uploads))" in message
     assert "`rag ingest FOLDER --recreate`" in message
 
 
@@ -102,7 +103,7 @@ def test_list_then_drop_collections(db: str, client: MilvusClient) -> None:
                 "vector": [1.0] * 8,
                 **{"source": "a.md", "title": "", "section": "", "content_hash": ""},
                 **{"page": 0, "chunk_index": n, "chunk_count": 3, "file_size": 1},
-                **{"file_hash": "h", "ingested_at": ""},
+                **{"file_hash": "h", "ingested_at": "", "owner": ""},
             }
             for n in range(3)
         ],
