@@ -11,6 +11,10 @@ insert and one inserting could not embed, and the run went at about two thirds o
 slowest stage (bench/ingest_scale.py measured it). A file is done when the writes of the
 batches holding its chunks have finished; what it needs is decided by ``ingest.plan``, and
 every call to Milvus or the embedding API goes through ``ingest.retry``.
+
+Every row a run writes records the run's ``owner`` (shared for a folder, one owner key for
+a chat upload), and every clean-up it makes (old versions, leftovers of an interrupted
+run, files gone from the folder, a retried insert's keys) is limited to that owner's rows.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ingest.retry import RATE_LIMIT_PATIENCE, Retrier, RetryPolicy, quiet_milvus
 from ingest.split import Chunk, Splitter
 from rag.store import catalog, records
 from rag.store.filters import ids_expr, source_expr
-from rag.store.schema import chunk_id, chunk_metadata, file_hash
+from rag.store.schema import SHARED, chunk_id, chunk_metadata, file_hash
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
@@ -155,6 +159,7 @@ class Pipeline:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         keep_missing: bool = False,
+        owner: str = SHARED,
         source_prefix: str = "",
         retry_attempts: int = 5,
         retry_max_wait: float = 8.0,
@@ -165,6 +170,7 @@ class Pipeline:
         self.reporter = reporter or SilentReporter()
         self.include, self.exclude = include, exclude
         self.keep_missing = keep_missing
+        self.owner = owner
         self.scope = Scope(source_prefix, include, exclude)
         self._retry = Retrier(
             RetryPolicy(retry_attempts, retry_max_wait, rate_limit_patience),
@@ -195,7 +201,9 @@ class Pipeline:
             for f in await asyncio.to_thread(list, walk)
         ]
         self.reporter.files_found(len(found))
-        self.planner = await Planner.start(self.store, self._retry, whole_folder=not single_file)
+        self.planner = await Planner.start(
+            self.store, self._retry, whole_folder=not single_file, owner=self.owner
+        )
         await self._stages(found)
         if not self.keep_missing and not single_file:
             await self._remove_missing({f.source for f in found})
@@ -296,7 +304,8 @@ class Pipeline:
         job.chunks += len(part)
         source, digest = job.found.source, job.plan.digest
         documents = [self._document(job, read, index, chunk) for index, chunk in part]
-        return _Piece(job, documents, [chunk_id(source, digest, index) for index, _ in part])
+        ids = [chunk_id(source, digest, index, self.owner) for index, _ in part]
+        return _Piece(job, documents, ids)
 
     async def _batcher(
         self,
@@ -369,7 +378,7 @@ class Pipeline:
             if retried:
                 # The failed try may have inserted rows before the error reached us;
                 # Milvus does not deduplicate primary keys, so clear them first.
-                await records.delete_where(self.store, ids_expr(batch.ids))
+                await records.delete_where(self.store, ids_expr(batch.ids, self.owner))
             retried = True
             documents = batch.documents
             await self.store.aadd_embeddings(
@@ -393,7 +402,7 @@ class Pipeline:
         if not present:
             self.reporter.note("(folder)", "no files found, so nothing was removed")
         for source in self.planner.missing(present, self.scope):
-            await self._retry(records.delete_where, self.store, source_expr(source))
+            await self._retry(records.delete_where, self.store, source_expr(source, self.owner))
             self._outcome(FileOutcome(source, "removed"))
 
     async def _flush(self) -> None:
@@ -429,6 +438,7 @@ class Pipeline:
             file_hash=job.plan.digest,
             file_size=read.size,
             ingested_at=self.ingested_at,
+            owner=self.owner,
         )
         return Document(page_content=chunk.text, metadata=metadata)
 
@@ -469,7 +479,23 @@ async def ingest_path(
     store: Milvus,
     settings: Settings,
     reporter: Reporter | None = None,
+    *,
+    owner: str = SHARED,
+    source_prefix: str = "",
     **options: object,
 ) -> IngestReport:
-    """Ingest a folder (or one file) into the store; the Python API behind `rag ingest`."""
-    return await Pipeline(store, settings, reporter, **options).run(root)  # type: ignore[arg-type]
+    """Ingest a folder (or one file) into the store; the Python API behind `rag ingest`.
+
+    ``owner``: who may see the rows (``SHARED``, the default, for everyone; a chat upload
+    passes its owner key). ``source_prefix`` goes before every stored source name
+    (``uploads/<owner dir>/`` for uploads), and scopes what the run may remove.
+    """
+    pipeline = Pipeline(
+        store,
+        settings,
+        reporter,
+        owner=owner,
+        source_prefix=source_prefix,
+        **options,  # type: ignore[arg-type]
+    )
+    return await pipeline.run(root)

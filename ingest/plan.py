@@ -7,6 +7,10 @@ stored, written beside it with the old rows dropped only once the new ones are a
 crash mid-update leaves the file searchable). Rows of this same version left by an
 interrupted run are cleared first and the version is written whole. Sources the folder no
 longer has are removed, within the run's scope only.
+
+A run writes for one owner (``rag.store.schema``: shared for a folder, one owner key for
+a chat upload) and every query and clean-up here is limited to that owner's rows, so
+alice re-ingesting a file never touches bob's rows, or the shared ones, of the same name.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ingest.discover import wanted
 from rag.store import catalog, records
 from rag.store.filters import source_expr, version_expr
 from rag.store.records import StoredFile
+from rag.store.schema import SHARED
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
@@ -37,6 +42,7 @@ class FilePlan:
     source: str
     digest: str
     stored: StoredFile
+    owner: str = SHARED  # whose rows of the source this plan reads and deletes
 
     @property
     def unchanged(self) -> bool:
@@ -54,16 +60,16 @@ class FilePlan:
         only leftovers of this same version, which is then rewritten whole.
         """
         if chunks == 0:
-            return source_expr(self.source) if self.stored.rows else None
+            return source_expr(self.source, self.owner) if self.stored.rows else None
         if self.stored.current_rows:
-            return version_expr(self.source, self.digest, same=True)
+            return version_expr(self.source, self.digest, same=True, owner=self.owner)
         return None
 
     @property
     def replaced(self) -> str | None:
         """The rows to delete once this version is complete: the version it replaces."""
         if self.status == "updated":
-            return version_expr(self.source, self.digest, same=False)
+            return version_expr(self.source, self.digest, same=False, owner=self.owner)
         return None
 
 
@@ -96,16 +102,21 @@ class Planner:
     None (single files, chat uploads): every file is looked up. They are read from every
     row (``catalog.row_counts``), not from the catalog of first chunks: an interrupted run
     may have written later chunks of a file and not its first, and those rows must be
-    found, to be cleared before the file is written again or removed with it.
+    found, to be cleared before the file is written again or removed with it. Only
+    ``owner``'s rows count: another owner's file of the same name is not this run's.
     """
 
-    def __init__(self, store: Milvus, call: Call, known: set[str] | None) -> None:
-        self.store, self.call, self.known = store, call, known
+    def __init__(
+        self, store: Milvus, call: Call, known: set[str] | None, owner: str = SHARED
+    ) -> None:
+        self.store, self.call, self.known, self.owner = store, call, known, owner
 
     @classmethod
-    async def start(cls, store: Milvus, call: Call, *, whole_folder: bool) -> Planner:
-        known = set(await call(catalog.row_counts, store)) if whole_folder else None
-        return cls(store, call, known)
+    async def start(
+        cls, store: Milvus, call: Call, *, whole_folder: bool, owner: str = SHARED
+    ) -> Planner:
+        known = set(await call(catalog.row_counts, store, owner)) if whole_folder else None
+        return cls(store, call, known, owner)
 
     def is_new(self, source: str) -> bool:
         """Known without a query to have no rows (so its plan needs no look-up)."""
@@ -113,9 +124,9 @@ class Planner:
 
     async def plan(self, source: str, digest: str) -> FilePlan:
         if self.is_new(source):
-            return FilePlan(source, digest, NOT_STORED)
-        stored = await self.call(records.stored_file, self.store, source, digest)
-        return FilePlan(source, digest, stored)
+            return FilePlan(source, digest, NOT_STORED, self.owner)
+        stored = await self.call(records.stored_file, self.store, source, digest, self.owner)
+        return FilePlan(source, digest, stored, self.owner)
 
     def missing(self, present: set[str], scope: Scope) -> list[str]:
         """Sources to remove: stored at the start, gone from the folder, within ``scope``.
@@ -123,6 +134,7 @@ class Planner:
         Every source this run writes is in ``present``, so the start-of-run list is all that
         can be missing. Nothing at all when the folder turned out empty, which is more often
         a wrong path than intent, nor on a run that did not read the list (single files).
+        ``known`` holds only this run's owner's sources, so no other owner's file is missing.
         """
         if not present or self.known is None:
             return []

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from rag.store.catalog import Removal, SourceInfo
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+SHARED_LABEL = "shared"  # how `rag sources` shows rows everyone may see (owner "")
+
+
+def _owner_label(owner: str) -> Text:
+    return Text(SHARED_LABEL, style="dim") if not owner else Text(owner)
 
 
 def _size(count: int) -> str:
@@ -30,7 +35,11 @@ def _size(count: int) -> str:
 
 @app.command()
 def sources(collection: CollectionOption = None, as_json: JsonOption = False) -> None:
-    """List the ingested files with chunk count, hash, size and ingest time (read from Milvus)."""
+    """List the ingested files with owner, chunks, hash, size and ingest time (from Milvus).
+
+    The owner is who may see a file: "shared" for folder ingests, otherwise the user (or
+    chat thread) that uploaded it.
+    """
     from rag.services import open_services
     from rag.store.catalog import list_sources
     from rag.store.milvus import MILVUS_ERRORS, milvus_service
@@ -49,7 +58,7 @@ def sources(collection: CollectionOption = None, as_json: JsonOption = False) ->
         print(json.dumps([s.to_dict() for s in found], ensure_ascii=False, indent=2))
         return
     table = Table(title=f"{len(found)} files in {settings.collection}")
-    for column in ("source", "chunks", "size", "sha256", "ingested at"):
+    for column in ("source", "owner", "chunks", "size", "sha256", "ingested at"):
         table.add_column(
             column,
             justify="right" if column in ("chunks", "size") else "left",
@@ -60,7 +69,12 @@ def sources(collection: CollectionOption = None, as_json: JsonOption = False) ->
         if not info.complete:
             chunks += f" of {info.expected_chunks} (incomplete: ingest again)"
         table.add_row(
-            Text(info.source), chunks, _size(info.file_size), info.file_hash[:12], info.ingested_at
+            Text(info.source),
+            _owner_label(info.owner),
+            chunks,
+            _size(info.file_size),
+            info.file_hash[:12],
+            info.ingested_at,
         )
     console.print(table)
 
@@ -68,34 +82,56 @@ def sources(collection: CollectionOption = None, as_json: JsonOption = False) ->
 @app.command()
 def remove(
     patterns: Annotated[
-        list[str], typer.Argument(help="Stored path, folder or glob (e.g. 'old/*.pdf').")
-    ],
+        list[str] | None,
+        typer.Argument(
+            help="Stored path, folder or glob (e.g. 'old/*.pdf'); optional with --owner."
+        ),
+    ] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            "--owner",
+            help="Remove only this owner's files (the owner column of `rag sources`; "
+            "'' for the shared ones); with no pattern, all of them.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Show what would go; delete nothing.")
     ] = False,
     collection: CollectionOption = None,
 ) -> None:
-    """Remove the chunks of some ingested files from the collection."""
+    """Remove the chunks of some ingested files from the collection.
+
+    Without --owner, a pattern removes the matching files of every owner, as it always
+    did; with --owner, only that owner's rows go, and shared files stay.
+    """
     from rag.services import open_services
     from rag.store.catalog import remove_sources
     from rag.store.milvus import MILVUS_ERRORS, milvus_service
 
+    patterns = patterns or []
+    if not patterns and owner is None:
+        errors.print("name a stored path, folder or glob, or an --owner (see `rag sources`)")
+        raise typer.Exit(2)
     settings = settings_or_exit(collection=collection)
 
     async def go() -> Removal:
         services = await open_services(settings)
         try:
-            return await remove_sources(services.store, patterns, dry_run=dry_run)
+            return await remove_sources(services.store, patterns, owner=owner, dry_run=dry_run)
         except MILVUS_ERRORS as error:
             raise explain(error, milvus_service(settings)) from error
 
     removal = run_async(go)
     if not removal.sources:
-        errors.print(f"nothing matches {' '.join(patterns)} (see `rag sources`)", highlight=False)
+        asked = " ".join(patterns) or "any file"
+        whose = f" of owner {owner!r}" if owner is not None else ""
+        errors.print(f"nothing matches {asked}{whose} (see `rag sources`)", highlight=False)
         raise typer.Exit(1)
     verb = "would remove" if dry_run else "removed"
     for info in removal.sources:
-        console.print(Text(f"  {info.source} ({info.chunks} chunks)"))
+        whose = SHARED_LABEL if not info.owner else info.owner
+        console.print(Text(f"  {info.source} [{whose}] ({info.chunks} chunks)"))
     console.print(f"{verb} {removal.rows} rows from {len(removal.sources)} files", highlight=False)
 
 

@@ -3,7 +3,9 @@
 Read from Milvus itself, never from a side file that could disagree with the collection.
 Every stored file version has one ``chunk_index == 0`` row carrying the file's source,
 hash, size, chunk count and ingest time, so the *catalog* (every stored file version) is
-one scan of those rows. It is kept in the process, per collection, because the chat
+one scan of those rows. Each row also records its owner (``rag.store.schema``): a
+file is one (owner, source) pair, so alice's upload and a shared file of the same name
+are listed, counted and removed apart. It is kept in the process, per collection, because the chat
 lists the documents on every chat start and after every upload: ``invalidate`` drops it
 after anything that writes or deletes rows (an ingest, an upload, ``remove_sources``),
 and an entry older than ``MAX_AGE`` is read again, for writes made by another process.
@@ -27,7 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rag.store import records
-from rag.store.filters import first_chunks_expr, sources_expr
+from rag.store.filters import first_chunks_expr, owned_by, sources_expr
+from rag.store.schema import SHARED
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,7 +45,7 @@ PAGE = 16_384
 # long enough that chat starts share one scan, short enough to see another process'
 # ingest within a minute.
 MAX_AGE = 60.0
-VERSION_FIELDS = ["source", "chunk_count", "file_hash", "file_size", "ingested_at"]
+VERSION_FIELDS = ["source", "chunk_count", "file_hash", "file_size", "ingested_at", "owner"]
 DELETE_BATCH = 100  # sources per delete expression
 T = TypeVar("T")
 
@@ -71,11 +74,12 @@ class StoredVersion:
     file_hash: str
     chunk_count: int
     file_size: int
+    owner: str = SHARED
 
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """One ingested file as the collection records it."""
+    """One ingested file (one owner's rows of one source) as the collection records it."""
 
     source: str
     chunks: int  # rows in the collection
@@ -83,6 +87,7 @@ class SourceInfo:
     file_hash: str
     file_size: int
     ingested_at: str
+    owner: str = SHARED  # who may see it: SHARED, or one owner key
 
     @property
     def complete(self) -> bool:
@@ -123,6 +128,7 @@ def _version(row: dict[str, Any]) -> StoredVersion:
         file_hash=str(row.get("file_hash") or ""),
         chunk_count=int(row.get("chunk_count") or 0),
         file_size=int(row.get("file_size") or 0),
+        owner=str(row.get("owner") or SHARED),
     )
 
 
@@ -176,27 +182,48 @@ async def catalog(store: Milvus, *, fresh: bool = False) -> tuple[StoredVersion,
     return versions
 
 
-async def source_names(store: Milvus) -> list[str]:
-    """The stored files' names, sorted (the chat's document filter and welcome page)."""
-    return sorted({v.source for v in await catalog(store)})
+async def source_names(store: Milvus, viewer: str = SHARED) -> list[str]:
+    """The names of the stored files ``viewer`` may see, sorted (the chat's document
+    filter and welcome page): the shared ones and, for an owner key, that owner's own.
+
+    Picked here from the cached catalog, so every chat start shares one scan; what a
+    search returns is limited by Milvus itself (``rag.retrieval``), not by this list.
+    """
+    visible = {SHARED, viewer}
+    return sorted({v.source for v in await catalog(store) if v.owner in visible})
 
 
 # --- listing and removing ----------------------------------------------------------------
 
 
-async def row_counts(store: Milvus) -> Counter[str]:
-    """Rows per source, from one pass over the ``source`` field.
+async def row_counts(store: Milvus, owner: str | None = None) -> Counter[str]:
+    """Rows per source (of one owner, when given), from one pass over the ``source`` field.
 
     Milvus 2.3 has no grouped ``count(*)``, so the choice is one ``count(*)`` query per
     source (what this module did before: N round trips, N = files) or one scan of every
     row's ``source`` (rows / PAGE round trips, each row a key and a path). The scan is
     exact and costs a handful of round trips even for a large collection.
     """
-    return await _in_thread(store, "", ["source"], lambda rows: Counter(r["source"] for r in rows))
+    expr = "" if owner is None else owned_by(owner)
+    return await _in_thread(
+        store, expr, ["source"], lambda rows: Counter(r["source"] for r in rows)
+    )
 
 
-async def list_sources(store: Milvus) -> list[SourceInfo]:
-    """Every ingested file, sorted by name: two scans, whatever the number of files.
+async def _owned_row_counts(store: Milvus, owner: str | None) -> Counter[tuple[str, str]]:
+    """Rows per (source, owner): ``row_counts`` for a listing that tells owners apart."""
+    expr = "" if owner is None else owned_by(owner)
+    return await _in_thread(
+        store,
+        expr,
+        ["source", "owner"],
+        lambda rows: Counter((str(r["source"]), str(r.get("owner") or SHARED)) for r in rows),
+    )
+
+
+async def list_sources(store: Milvus, owner: str | None = None) -> list[SourceInfo]:
+    """Every ingested file with its owner (only ``owner``'s, when given), sorted by name
+    then owner: two scans, whatever the number of files.
 
     The catalog (read fresh, and cached for the chat) gives each file's expected chunk
     count, hash, size and time; ``row_counts`` gives the rows actually there. A file is
@@ -205,19 +232,23 @@ async def list_sources(store: Milvus) -> list[SourceInfo]:
     incomplete; a file whose first chunk is missing still appears, with nothing
     expected, so ``rag remove`` can clear it.
     """
-    versions, counts = await asyncio.gather(catalog(store, fresh=True), row_counts(store))
-    newest = {v.source: v for v in versions}  # sorted by time, so the last one wins
+    versions, counts = await asyncio.gather(
+        catalog(store, fresh=True), _owned_row_counts(store, owner)
+    )
+    # Sorted by time within a source, so the last one wins.
+    newest = {(v.source, v.owner): v for v in versions if owner is None or v.owner == owner}
     found = []
-    for source in sorted(counts.keys() | newest.keys()):
-        version = newest.get(source)
+    for source, source_owner in sorted(counts.keys() | newest.keys()):
+        version = newest.get((source, source_owner))
         found.append(
             SourceInfo(
                 source=source,
-                chunks=counts.get(source, 0),
+                chunks=counts.get((source, source_owner), 0),
                 expected_chunks=version.chunk_count if version else 0,
                 file_hash=version.file_hash if version else "",
                 file_size=version.file_size if version else 0,
                 ingested_at=version.ingested_at if version else "",
+                owner=source_owner,
             )
         )
     return found
@@ -242,21 +273,32 @@ class Removal:
 
 
 async def remove_sources(
-    store: Milvus, patterns: Sequence[str], *, dry_run: bool = False
+    store: Milvus,
+    patterns: Sequence[str],
+    *,
+    owner: str | None = None,
+    dry_run: bool = False,
 ) -> Removal:
     """Delete every chunk of the sources matching ``patterns``.
 
+    Without ``owner``, every owner's rows of those sources go (what ``rag remove`` always
+    did); with it, only that owner's, and no patterns at all means every file it owns.
     The patterns are matched here, in Python, against the source names Milvus
-    returned; the delete expression only ever holds those names, escaped, so no
-    user text reaches Milvus as an expression.
+    returned; the delete expression only ever holds those names (and the owner),
+    escaped, so no user text reaches Milvus as an expression.
     """
-    found = [s for s in await list_sources(store) if any(matches(s.source, p) for p in patterns)]
+    listed = await list_sources(store, owner)
+    if owner is not None and not patterns:
+        found = listed
+    else:
+        found = [s for s in listed if any(matches(s.source, p) for p in patterns)]
     rows = sum(s.chunks for s in found)
     if found and not dry_run:
-        names = [s.source for s in found]
+        names = sorted({s.source for s in found})
         try:
             for start in range(0, len(names), DELETE_BATCH):
-                await records.delete_where(store, sources_expr(names[start : start + DELETE_BATCH]))
+                batch = names[start : start + DELETE_BATCH]
+                await records.delete_where(store, sources_expr(batch, owner))
         finally:
             invalidate(store)  # even a partial delete changed the collection
     return Removal(found, rows, dry_run)

@@ -66,9 +66,9 @@ def sources_expr(sources: Iterable[str], owner: str | None = None) -> str:
     return _within(one_of("source", sources), owner)
 
 
-def ids_expr(ids: Iterable[str]) -> str:
-    """Rows with these primary keys."""
-    return one_of("pk", ids)
+def ids_expr(ids: Iterable[str], owner: str | None = None) -> str:
+    """Rows with these primary keys (of one owner, when given)."""
+    return _within(one_of("pk", ids), owner)
 
 
 def version_expr(source: str, digest: str, *, same: bool, owner: str | None = None) -> str:

@@ -39,19 +39,21 @@ async def count(store: Milvus, expr: str) -> int:
     return int(rows[0]["count(*)"]) if rows else 0
 
 
-async def stored_file(store: Milvus, source: str, digest: str) -> StoredFile:
-    rows = await count(store, source_expr(source))
+async def stored_file(
+    store: Milvus, source: str, digest: str, owner: str | None = None
+) -> StoredFile:
+    """How ``source`` stands: only ``owner``'s rows of it when given (each owner's copy of
+    a source is its own file, so another owner's rows never make this one incomplete)."""
+    rows = await count(store, source_expr(source, owner))
     if rows == 0:
         return StoredFile(0, 0, None)
+    current_expr = version_expr(source, digest, same=True, owner=owner)
     current = await store.aclient.query(
-        store.collection_name,
-        filter=version_expr(source, digest, same=True),
-        output_fields=["chunk_count"],
-        limit=1,
+        store.collection_name, filter=current_expr, output_fields=["chunk_count"], limit=1
     )
     if not current:
         return StoredFile(rows, 0, None)
-    current_rows = await count(store, version_expr(source, digest, same=True))
+    current_rows = await count(store, current_expr)
     return StoredFile(rows, current_rows, int(current[0]["chunk_count"]))
 
 

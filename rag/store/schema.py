@@ -8,6 +8,7 @@ rows the ingest writes (``chunk_metadata``) and the fields a search reads back
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from pymilvus import DataType
@@ -86,14 +87,19 @@ def chunk_metadata(
     return row
 
 
-def chunk_id(source: str, file_hash: str, index: int) -> str:
+def chunk_id(source: str, file_hash: str, index: int, owner: str = SHARED) -> str:
     """Deterministic primary key: re-running never mints new IDs for the same chunk.
 
     The file hash is part of it so a new version of a file can be written beside the
     old one and the old rows dropped only once the new ones are all in: a crash
-    mid-update leaves the previous version searchable.
+    mid-update leaves the previous version searchable. So is the owner: Milvus does not
+    deduplicate primary keys, and a delete by key (a retried insert clears its keys)
+    must never reach another owner's copy of the same file.
     """
-    return hashlib.sha256(f"{source}\n{file_hash}\n{index}".encode()).hexdigest()[:40]
+    key = f"{source}\n{file_hash}\n{index}"
+    if owner != SHARED:  # JSON keeps (owner, key) pairs apart whatever the owner holds
+        key = json.dumps([owner, key])
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def file_hash(path: object) -> str:
