@@ -1,12 +1,32 @@
-"""Chat uploads never land outside the upload folder, whatever name the browser sends."""
+"""Chat uploads never land outside the upload folder, whatever name the browser sends, and
+each is its owner's: stored in the owner's folder under a name no other file shares, and
+found only by the owner's searches (Milvus Lite, embedded by the loopback fake server)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rag.ui.uploads import MAX_NAME, UploadRejected, safe_name, store_upload
+from rag.retrieval import SearchOptions, retrieve
+from rag.store.catalog import list_sources, source_names
+from rag.store.schema import SHARED
+from rag.ui.uploads import (
+    MAX_NAME,
+    UploadRejected,
+    UploadResult,
+    add_upload,
+    owner_folder,
+    safe_name,
+    store_upload,
+)
+from tests.conftest import IngestEnv
+from tests.support.fake_openai import FakeServer
 
 
 @pytest.mark.parametrize(
@@ -63,3 +83,133 @@ def test_duplicate_names_replace_the_earlier_upload(tmp_path: Path) -> None:
     second = store_upload(uploads, "notes.txt", _temp(tmp_path, 7), max_bytes=1000)
     assert first == second and second.stat().st_size == 7
     assert [p.name for p in uploads.iterdir()] == ["notes.txt"]
+
+
+# --- one folder per owner, one file per content -----------------------------------------------
+
+
+def test_owner_folders_are_hashes_that_keep_owners_apart() -> None:
+    names = {owner: owner_folder(owner) for owner in ("alice", "bob", "thread:1", "../../x")}
+    assert len(set(names.values())) == len(names)
+    for folder in names.values():
+        assert re.fullmatch(r"[0-9a-f]{16}", folder), folder
+    assert owner_folder("alice") == owner_folder("alice")
+
+
+def test_store_upload_never_leaves_a_partial_file_behind(tmp_path: Path) -> None:
+    uploads = tmp_path / "u"
+    store_upload(uploads, "notes.txt", _temp(tmp_path, 5), max_bytes=1000)
+    with pytest.raises(UploadRejected):
+        store_upload(uploads, "notes.txt", _temp(tmp_path, 2000), max_bytes=1000)
+    assert [p.name for p in uploads.iterdir()] == ["notes.txt"]
+
+
+@pytest.fixture
+async def uploads_env(
+    open_env: Any, fake_openai: FakeServer, tmp_path: Path
+) -> AsyncIterator[IngestEnv]:
+    """A fresh collection on Milvus Lite, embedded by the loopback fake server."""
+    env = await open_env(
+        embedding_provider="openai",
+        embedding_base_url=fake_openai.base_url,
+        embedding_dimensions=384,
+        upload_dir=str(tmp_path / "uploads"),
+    )
+    try:
+        yield env
+    finally:
+        await env.services.aclose()
+
+
+def _incoming(tmp_path: Path, text: str) -> Path:
+    """A temp file as Chainlit leaves an upload: its own name, nothing to do with the user's."""
+    path = tmp_path / "incoming" / uuid.uuid4().hex
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def _add(env: IngestEnv, tmp_path: Path, owner: str, name: str, text: str) -> UploadResult:
+    return await add_upload(
+        env.store, env.settings, owner=owner, name=name, temp_path=_incoming(tmp_path, text)
+    )
+
+
+async def test_an_upload_is_stored_and_searched_as_its_owners(
+    uploads_env: IngestEnv, tmp_path: Path
+) -> None:
+    result = await _add(uploads_env, tmp_path, "alice", "../heron.txt", "The heron code is HX-77.")
+    assert result.problem is None and result.passages == 1, result
+    assert result.line == "✅ heron.txt: 1 passage added"
+    folder = owner_folder("alice")
+    assert re.fullmatch(rf"uploads/{folder}/[0-9a-f]{{12}}-heron\.txt", result.source)
+    stored = tmp_path / "uploads" / result.source.removeprefix("uploads/")
+    assert stored.read_text(encoding="utf-8") == "The heron code is HX-77."
+    (info,) = await list_sources(uploads_env.store)
+    assert (info.source, info.owner, info.complete) == (result.source, "alice", True)
+    assert await source_names(uploads_env.store, "alice") == [result.source]
+    assert await source_names(uploads_env.store, "bob") == []
+    assert await source_names(uploads_env.store) == []
+    question = "What is the heron code?"
+    for viewer, found in (("alice", [result.source]), ("bob", []), ("", [])):
+        hits = await retrieve(uploads_env.store, question, SearchOptions(viewer=viewer))
+        assert [hit.source for hit in hits] == found, viewer
+
+
+async def test_same_name_from_two_owners_or_with_new_content_is_another_file(
+    uploads_env: IngestEnv, tmp_path: Path
+) -> None:
+    first = await _add(uploads_env, tmp_path, "alice", "notes.txt", "Gate code one is 1111.")
+    again = await _add(uploads_env, tmp_path, "alice", "notes.txt", "Gate code one is 1111.")
+    other = await _add(uploads_env, tmp_path, "bob", "notes.txt", "Gate code one is 1111.")
+    newer = await _add(uploads_env, tmp_path, "alice", "notes.txt", "Gate code two is 2222.")
+    assert again.source == first.source and again.unchanged, again
+    assert again.line == "✅ notes.txt: already added (1 passage)"
+    assert len({first.source, other.source, newer.source}) == 3
+    listed = {(i.source, i.owner, i.chunks) for i in await list_sources(uploads_env.store)}
+    assert listed == {
+        (first.source, "alice", 1),
+        (other.source, "bob", 1),
+        (newer.source, "alice", 1),
+    }
+    files = {"uploads/" + p.relative_to(tmp_path / "uploads").as_posix() for p in _files(tmp_path)}
+    assert files == {first.source, other.source, newer.source}
+
+
+def _files(tmp_path: Path) -> list[Path]:
+    return [p for p in (tmp_path / "uploads").rglob("*") if p.is_file()]
+
+
+async def test_refused_uploads_are_reported_and_store_nothing(
+    uploads_env: IngestEnv, tmp_path: Path
+) -> None:
+    wrong = await _add(uploads_env, tmp_path, "alice", "setup.exe", "MZ")
+    assert wrong.line.startswith("❌ setup.exe: unsupported type .exe"), wrong.line
+    limit = int(uploads_env.settings.upload_max_mb * 1024 * 1024)
+    big = await _add(uploads_env, tmp_path, "alice", "big.txt", "x" * (limit + 1))
+    assert big.line.startswith("❌ big.txt:") and "upload limit" in big.line, big.line
+    assert await list_sources(uploads_env.store) == [] and _files(tmp_path) == []
+    with pytest.raises(ValueError, match="owner"):
+        await _add(uploads_env, tmp_path, SHARED, "shared.txt", "Everyone sees this.")
+
+
+async def test_twenty_concurrent_uploads_from_two_owners_all_keep_their_rows(
+    uploads_env: IngestEnv, tmp_path: Path
+) -> None:
+    """Half under one name: same owner and content twice, and same name, other contents."""
+    jobs = []
+    for n in range(20):
+        owner = ("alice", "bob")[n % 2]
+        # same.txt: alice sends contents 0, 2, 0, 2, 0 and bob 1, 3, 1, 3, 1
+        name, fact = ("same.txt", n % 4) if n < 10 else (f"file-{n}.txt", n)
+        jobs.append((owner, name, f"Fact {fact}: the code of {owner} is C-{fact}."))
+    results = await asyncio.gather(*(_add(uploads_env, tmp_path, *job) for job in jobs))
+    assert all(r.problem is None for r in results), [r.line for r in results]
+    expected = {(r.source, owner) for r, (owner, _, _) in zip(results, jobs, strict=True)}
+    # same.txt is four files (two contents from each owner), plus the ten other names
+    assert len(expected) == 14, sorted(expected)
+    infos = await list_sources(uploads_env.store)
+    assert {(i.source, i.owner) for i in infos} == expected
+    assert all(i.complete and i.chunks >= 1 for i in infos), infos
+    assert await uploads_env.count() == sum(i.chunks for i in infos)
+    assert len(_files(tmp_path)) == 14
