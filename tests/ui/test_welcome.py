@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+
+import pytest
 
 from rag.prompts import PROMPTS_DIR
 from rag.ui.welcome import (
     CHAINLIT_CONFIG,
     TEMPLATE,
+    chainlit_config,
     describe_search,
     load_starters,
     prepare_app_root,
     render_welcome,
+    ui_origins,
     write_welcome,
 )
 
@@ -100,3 +105,84 @@ def test_chat_settings_offer_search_modes_only_where_bm25_exists() -> None:
     label = next(k for k, v in MODE_OF_LABEL.items() if v == "bm25")
     assert options_from({"search": label}, SearchOptions()).mode == "bm25"
     assert options_from({}, options).mode == "hybrid", "a missing key keeps the mode"
+
+
+def test_options_from_never_takes_the_viewer_from_the_client() -> None:
+    from rag.retrieval import SearchOptions
+    from rag.ui.chat import options_from
+
+    sent = {"viewer": "bob", "k": 3, "source": "All documents"}
+    options = options_from(sent, SearchOptions(viewer="alice"))
+    assert options.viewer == "alice" and options.k == 3
+
+
+# --- the runtime Chainlit config: one upload limit, the UI's own origins ---------------------
+
+
+def _runtime_config(root: Path) -> dict[str, object]:
+    return tomllib.loads((root / ".chainlit" / "config.toml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(("limit", "chainlit_mb"), [(7, 7), (20.0, 20), (0.05, 1), (2.5, 3)])
+def test_runtime_config_holds_the_upload_limit_chainlit_applies(
+    tmp_path: Path, limit: float, chainlit_mb: int
+) -> None:
+    """Chainlit's drop zone and upload route read this int (rounded up, never below the
+    setting); rag.ui.uploads applies the exact setting."""
+    from chainlit.config import SpontaneousFileUploadFeature
+
+    root = prepare_app_root(tmp_path / "ui", upload_max_mb=limit, origins=["http://a:1"])
+    feature = _runtime_config(root)["features"]["spontaneous_file_upload"]  # type: ignore[index]
+    assert SpontaneousFileUploadFeature(**feature).max_size_mb == chainlit_mb
+    assert feature["enabled"] is True and feature["max_files"] == 5
+    # only the two lines change: the template's comments and other keys are all kept
+    ours = (root / ".chainlit" / "config.toml").read_text().splitlines()
+    template = CHAINLIT_CONFIG.read_text().splitlines()
+    assert len(ours) == len(template)
+    changed = [a for a, b in zip(ours, template, strict=True) if a != b]
+    assert all(line.strip().startswith(("max_size_mb", "allow_origins")) for line in changed)
+
+
+def test_runtime_config_allows_only_the_uis_own_origins(tmp_path: Path) -> None:
+    from chainlit.config import ProjectSettings
+
+    origins = ui_origins("127.0.0.1", 8123, "https://chat.example.org/")
+    root = prepare_app_root(tmp_path / "ui", upload_max_mb=20, origins=origins)
+    project = ProjectSettings(**_runtime_config(root)["project"])  # type: ignore[arg-type]
+    assert project.allow_origins == [
+        "http://127.0.0.1:8123",
+        "http://localhost:8123",
+        "https://chat.example.org",
+    ]
+    # the committed template itself no longer allows every site
+    template = tomllib.loads(CHAINLIT_CONFIG.read_text(encoding="utf-8"))
+    assert "*" not in template["project"]["allow_origins"]
+
+
+def test_ui_origins_come_from_the_address_the_ui_listens_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("CHAINLIT_HOST", "CHAINLIT_PORT", "RAG_UI_ORIGINS"):
+        monkeypatch.delenv(name, raising=False)
+    assert ui_origins() == ["http://127.0.0.1:8000", "http://localhost:8000"]
+    monkeypatch.setenv("CHAINLIT_HOST", "0.0.0.0")
+    monkeypatch.setenv("CHAINLIT_PORT", "9001")
+    monkeypatch.setenv("RAG_UI_ORIGINS", "http://10.0.0.5:9001, https://chat.example.org")
+    assert ui_origins() == [
+        "http://127.0.0.1:9001",
+        "http://localhost:9001",
+        "http://10.0.0.5:9001",
+        "https://chat.example.org",
+    ]
+    assert ui_origins("chat.internal", 80, "") == ["http://chat.internal:80"]
+    assert ui_origins("::1", 8000, "") == ["http://[::1]:8000"]
+
+
+def test_a_template_without_the_keys_is_refused() -> None:
+    template = CHAINLIT_CONFIG.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="max_size_mb"):
+        chainlit_config(template.replace("max_size_mb", "# max_size"), origins=[], max_size_mb=1)
+    with pytest.raises(ValueError, match="allow_origins"):
+        chainlit_config(
+            template.replace("allow_origins =", "# allow_origins:"), origins=[], max_size_mb=1
+        )
