@@ -10,7 +10,7 @@ Shared by the CLI, the chat UI and the tests so there is one way to open things:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,25 +113,42 @@ async def _open(settings: Settings, collection: str | None, recreate: bool) -> S
     return Services(settings, embeddings, store)
 
 
-class OpeningServices:
-    """What `open_services` returns: awaited, the open Services (the caller closes them);
-    used with ``async with``, Services that are closed when the block ends.
+class OpeningServices(Coroutine[Any, Any, Services]):
+    """What `open_services` returns: awaited (or run by ``asyncio.run``), the open Services
+    (the caller closes them); used with ``async with``, Services closed when the block ends.
 
     Both shapes exist because the CLI and the UI want the block, while tests and bench
-    scripts keep one Services open for a whole session.
+    scripts keep one Services open for a whole session. It is a Coroutine (the ABC,
+    delegating to the real one), so ``asyncio.run(open_services(...))`` keeps working.
     """
 
     def __init__(self, settings: Settings, collection: str | None, recreate: bool) -> None:
         self._arguments = (settings, collection, recreate)
+        self._opening: Coroutine[Any, Any, Services] | None = None
         self._services: Services | None = None
 
+    def _coroutine(self) -> Coroutine[Any, Any, Services]:
+        # Made on first use, not in __init__: an OpeningServices that is never used must
+        # not leave a "coroutine was never awaited" warning behind.
+        if self._opening is None:
+            self._opening = _open(*self._arguments)
+        return self._opening
+
     def __await__(self) -> Generator[Any, None, Services]:
-        # The coroutine is made here, not in __init__: an OpeningServices that is never
-        # used must not leave a "coroutine was never awaited" warning behind.
-        return _open(*self._arguments).__await__()
+        return self._coroutine().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coroutine().send(value)
+
+    def throw(self, *error: Any) -> Any:
+        return self._coroutine().throw(*error)
+
+    def close(self) -> None:
+        if self._opening is not None:
+            self._opening.close()
 
     async def __aenter__(self) -> Services:
-        self._services = await _open(*self._arguments)
+        self._services = await self._coroutine()
         return self._services
 
     async def __aexit__(self, *exc_info: object) -> None:
