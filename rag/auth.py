@@ -22,7 +22,9 @@ AUTH_SECRET_VARIABLE = "CHAINLIT_AUTH_SECRET"
 MIN_AUTH_SECRET = 32
 _NAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 # An argon2 hash holds commas of its own ($m=65536,t=3,p=4$): entries split around them.
-_ARGON2 = re.compile(r"\$argon2(?:id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+")
+_ARGON2 = re.compile(
+    r"\$argon2(?:id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+)
 _hasher = PasswordHasher()
 
 

@@ -39,6 +39,7 @@ from rag.local.server import free_port
 from rag.services import Services, open_services
 from rag.store.lite import tolerate_lite_keepalive
 from tests.support.fake_openai import FakeServer, serve
+from tests.support.postgres import postgres_cluster, unavailable_reason
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DOCS = REPO_ROOT / "sample_docs"
@@ -95,6 +96,16 @@ def load_questions() -> list[dict[str, Any]]:
 def sample_sources() -> set[str]:
     """Relative paths (forward slashes) of every file in the sample corpus."""
     return {p.relative_to(SAMPLE_DOCS).as_posix() for p in SAMPLE_DOCS.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for one test module (skipped where none can run)."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_cluster() as url:
+        yield url
 
 
 def copy_samples(folder: Path, names: Iterable[str]) -> Path:

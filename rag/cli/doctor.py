@@ -99,7 +99,7 @@ async def _history(settings: Settings) -> Check:
     """The chat history database answers (a SQLite file not made yet is fine)."""
     from sqlalchemy import text
 
-    from rag.history import history_service, make_engine
+    from rag.history_schema import history_service, make_engine
 
     url = settings.database_url
     if not url:

@@ -25,7 +25,6 @@ import pytest
 from tests.conftest import MILVUS_LITE_BIN, _wait_for_milvus, stop_process_group
 from tests.support.chainlit_client import ChainlitClient, Turn, login
 from tests.support.fake_openai import FakeOpenAI, FakeServer, serve
-from tests.support.postgres import postgres_cluster, unavailable_reason
 from tests.ui.test_chat_ui import (
     DOCS,
     FALCON_Q,
@@ -47,15 +46,6 @@ FOLLOW_UP = "And the wifi password of the Tallinn office?"
 def fake() -> Iterator[FakeServer]:
     with serve(FakeOpenAI()) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_cluster() as url:
-        yield url
 
 
 def _write_docs(root: Path) -> Path:

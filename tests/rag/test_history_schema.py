@@ -35,7 +35,6 @@ from rag.history_schema import (
     schema_versions,
     upgrade,
 )
-from tests.support.postgres import postgres_cluster, unavailable_reason
 
 # The DDL `rag ui` ran before the schema had versions, exactly as it was (per-dialect types
 # filled in below): what a real older install has on disk.
@@ -258,15 +257,6 @@ async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}")
     yield engine
     await engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with postgres_cluster() as url:
-        yield url
 
 
 @contextmanager
