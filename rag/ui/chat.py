@@ -8,6 +8,12 @@ appears in the message text become clickable, which is how [n] links to a source
 With RAG_DATABASE_URL set (the default is a SQLite file), conversations and
 feedback are kept by Chainlit's SQLAlchemy data layer (`rag.history`): signed-in
 users see their past chats in the sidebar and can resume one with its memory.
+
+Several people share one deployment: each session has an owner key, computed here on the
+server (the signed-in user's identifier, or without login ``thread:<this chat's thread>``),
+and every search runs as that viewer (`SearchOptions.viewer`), so a user finds the shared
+documents and their own uploads, nothing else. The document filter only takes names that
+viewer may see, and the welcome page, which every visitor shares, lists shared documents.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import gc
 import logging
 import os
 import time
+import uuid
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +36,6 @@ from chainlit.data.base import BaseDataLayer
 from chainlit.input_widget import InputWidget, Select, Slider, Switch
 from chainlit.types import ThreadDict
 
-from ingest.pipeline import UPLOADS_PREFIX, ingest_path
 from rag.app import Assistant, open_assistant
 from rag.auth import AUTH_SECRET_VARIABLE, auth_secret_problem, verify
 from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
@@ -38,8 +44,15 @@ from rag.config import get_settings
 from rag.errors import ConfigError, RagError
 from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
 from rag.retrieval import Hit, SearchOptions
-from rag.ui.uploads import store_upload
-from rag.ui.welcome import describe_search, load_starters, render_welcome, write_welcome
+from rag.store.schema import SHARED
+from rag.ui.uploads import add_upload
+from rag.ui.welcome import (
+    describe_search,
+    load_starters,
+    render_welcome,
+    ui_origins,
+    write_welcome,
+)
 
 log = logging.getLogger(__name__)
 ALL_SOURCES = "All documents"
@@ -54,6 +67,37 @@ _assistant: Assistant | None = None
 _lock = asyncio.Lock()
 _background: set[asyncio.Task[Any]] = set()
 _history_task: asyncio.Task[Any] | None = None
+OWNER_KEY = "owner"  # the session's owner key in cl.user_session (server-side only)
+
+
+def _allowed_origins() -> set[str]:
+    """The origins of the config (`rag.ui.welcome.prepare_app_root` wrote them) plus the
+    address this process really listens on, which `chainlit run` has put in the environment."""
+    from chainlit.config import config
+
+    return set(config.project.allow_origins) | set(ui_origins())
+
+
+def _guard_socket_origins() -> None:
+    """Refuse socket connections a browser opens from another site.
+
+    Chainlit 2.12 gives ``allow_origins`` to its HTTP CORS middleware only and starts its
+    socket.io server with ``cors_allowed_origins=[]`` (server.py), which turns engine.io's
+    origin check off; browsers apply no CORS to WebSockets, so any page could otherwise
+    drive a chat here. engine.io takes a callable (base_server._cors_allowed_origins): a
+    request whose Origin it rejects gets a 400 before any handler runs, and a request
+    without an Origin (not a browser) is not checked.
+    """
+    from chainlit.config import config
+    from chainlit.server import sio
+
+    if "*" in config.project.allow_origins:
+        return
+    allowed = _allowed_origins()
+    sio.eio.cors_allowed_origins = lambda origin, *_: origin in allowed
+
+
+_guard_socket_origins()
 
 
 async def assistant() -> Assistant:
@@ -85,14 +129,16 @@ def _unreachable(error: RagError, then: str) -> str:
     return f"⚠️ I can't answer yet: {error}. {then}"
 
 
-async def refresh_welcome(helper: Assistant, sources: list[str] | None = None) -> None:
-    """Render chainlit.md in the runtime app root with the collection's current contents."""
+async def refresh_welcome(helper: Assistant) -> None:
+    """Render chainlit.md in the runtime app root with the collection's shared contents.
+
+    One page for every visitor, so it lists what everyone may see: nobody's uploads.
+    """
     from chainlit.config import APP_ROOT
 
     from rag.embeddings import embedding_identity
 
-    if sources is None:
-        sources = await _source_names(helper)
+    sources = await _source_names(helper, SHARED)
     models = (
         f"**{helper.llm_label}**; passages are found with the "
         f"**{embedding_identity(helper.services.settings)[0]}** embedding model"
@@ -178,15 +224,36 @@ async def _starters(user: cl.User | None = None, language: str | None = None) ->
     return [cl.Starter(label=label, message=text) for label, text in load_starters()]
 
 
-async def _source_names(helper: Assistant) -> list[str]:
-    """The stored documents, from the catalog the process keeps (one scan per change)."""
+async def _source_names(helper: Assistant, viewer: str) -> list[str]:
+    """The documents ``viewer`` may see, from the catalog the process keeps."""
     from rag.store.catalog import source_names
     from rag.store.milvus import MILVUS_ERRORS
 
     try:
-        return await source_names(helper.services.store)
+        return await source_names(helper.services.store, viewer)
     except MILVUS_ERRORS:  # the filter list is a convenience; the chat works without it
         return []
+
+
+def _viewer() -> str:
+    """This session's owner key, decided on the server once per session.
+
+    The signed-in user's identifier; without login ``thread:<thread id>``. A thread id the
+    client named (``thread_id_to_resume``: only a resume sends one) identifies nobody
+    without a login, so such a session gets a fresh id instead of the one it claimed.
+    """
+    key = cl.user_session.get(OWNER_KEY)
+    if isinstance(key, str) and key:
+        return key
+    user = cl.user_session.get("user")
+    if user is not None and user.identifier:
+        key = str(user.identifier)
+    else:
+        session = cl.context.session
+        chosen_by_client = bool(getattr(session, "thread_id_to_resume", None))
+        key = f"thread:{uuid.uuid4() if chosen_by_client else session.thread_id}"
+    cl.user_session.set(OWNER_KEY, key)
+    return key
 
 
 async def _assistant_or_say_why() -> Assistant | None:
@@ -222,8 +289,21 @@ async def _resume(thread: ThreadDict) -> None:
 
 async def _ready_session(helper: Assistant, values: dict[str, Any] | None = None) -> None:
     """Search options (defaults, or the given settings values) and the settings panel."""
-    cl.user_session.set("options", options_from(values or {}, helper.default_options()))
-    await send_settings(helper)
+    sources = await _source_names(helper, _viewer())
+    options = options_from(values or {}, helper.default_options())
+    cl.user_session.set("options", _known_sources_only(options, options, sources))
+    await send_settings(helper, sources)
+
+
+def _known_sources_only(
+    wanted: SearchOptions, current: SearchOptions, sources: list[str]
+) -> SearchOptions:
+    """``wanted``, unless it filters by a document not in ``sources``: then its other
+    settings with ``current``'s filter (or none, if that one is unknown too)."""
+    if all(source in sources for source in wanted.sources):
+        return wanted
+    kept = current.sources if all(s in sources for s in current.sources) else ()
+    return replace(wanted, sources=kept)
 
 
 # The settings panel shows labels and reads the mode back from the label chosen.
@@ -266,55 +346,61 @@ async def send_settings(helper: Assistant, sources: list[str] | None = None) -> 
     """The settings panel, with the current options and the documents to filter by."""
     options: SearchOptions = cl.user_session.get("options") or helper.default_options()
     if sources is None:
-        sources = await _source_names(helper)
+        sources = await _source_names(helper, _viewer())
     lexical = not helper.services.store.bm25_unavailable
     await cl.ChatSettings(settings_widgets(options, sources, lexical=lexical)).send()
 
 
+def refused_filter(name: str) -> str:
+    """The one line a filter by a document this user may not see (or that is gone) gets."""
+    return f"⚠️ There is no document “{name}” to filter by; the filter is unchanged."
+
+
 @cl.on_settings_update
 async def _settings(values: dict[str, Any]) -> None:
+    """Settings from the client, whose document filter is checked against the names this
+    viewer may see: another user's upload is refused like a name that never existed."""
     options: SearchOptions = cl.user_session.get("options") or SearchOptions()
-    cl.user_session.set("options", options_from(values, options))
+    wanted = options_from(values, options)
+    if wanted.sources:
+        try:
+            helper = await assistant()
+        except RagError as error:
+            await cl.Message(content=_unreachable(error, "Try again once it is back.")).send()
+            return
+        sources = await _source_names(helper, _viewer())
+        checked = _known_sources_only(wanted, options, sources)
+        if checked != wanted:
+            await cl.Message(content=refused_filter(wanted.sources[0])).send()
+        wanted = checked
+    cl.user_session.set("options", wanted)
 
 
 async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
-    settings = helper.services.settings
+    """Each dropped file becomes this session's owner's (`rag.ui.uploads.add_upload`)."""
+    owner = _viewer()
     async with cl.Step(name="Adding your files", type="tool") as step:
-        lines = []
-        for element in elements:
-            if not getattr(element, "path", None):
-                continue
-            try:
-                stored = await asyncio.to_thread(
-                    store_upload,
-                    Path(settings.upload_dir),
-                    element.name,
-                    Path(element.path),
-                    int(settings.upload_max_mb * 1024 * 1024),
+        lines = [
+            (
+                await add_upload(
+                    helper.services.store,
+                    helper.services.settings,
+                    owner=owner,
+                    name=str(element.name),
+                    temp_path=Path(element.path),
                 )
-                # Stored as uploads/<name>, which folder ingests never remove.
-                report = await ingest_path(
-                    stored, helper.services.store, settings, source_prefix=UPLOADS_PREFIX
-                )
-                outcome = report.outcomes[0] if report.outcomes else None
-                if outcome and outcome.status == "failed":
-                    lines.append(f"❌ {element.name}: {outcome.reason}")
-                else:
-                    count = report.chunks_written
-                    noun = "passage" if count == 1 else "passages"
-                    lines.append(f"✅ {stored.name}: {count} {noun} added")
-            except RagError as error:
-                lines.append(f"❌ {error}")
+            ).line
+            for element in elements
+            if getattr(element, "path", None)
+        ]
         step.output = "\n".join(lines) or "No files received."
     await cl.Message(content="\n".join(lines)).send()
-    # One listing of the collection serves both the welcome page and the filter; the
-    # upload changed the collection, so the catalog is read again.
+    # The upload changed the collection, so the catalog is read again; the new file joins
+    # this user's document filter (the shared welcome page does not list uploads).
     from rag.store.catalog import invalidate
 
     invalidate(helper.services.store)
-    sources = await _source_names(helper)
-    await refresh_welcome(helper, sources)
-    await send_settings(helper, sources)  # the new file joins the document filter
+    await send_settings(helper)
 
 
 def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
@@ -364,6 +450,8 @@ async def _message(message: cl.Message) -> None:
         turns = turns[: ids.index(message.id)]
     history = [(role, text) for _, role, text in turns]
     options: SearchOptions = cl.user_session.get("options") or helper.default_options()
+    # Who is asking is decided here, on every message, never by a value the client sent.
+    options = replace(options, viewer=_viewer())
     reply = cl.Message(content="")
     started = time.perf_counter()
     try:
