@@ -15,7 +15,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from milvus_lite.server_manager import server_manager_instance
+from pymilvus import MilvusClient
 
+from rag.store.schema import PRIMARY_FIELD, TEXT_FIELD, VECTOR_FIELD, chunk_id, chunk_metadata
 from tests.conftest import RAG_BIN, SAMPLE_DOCS, cli_env, run_rag
 
 COPIED = ["onboarding_guide.md", "it_helpdesk_guide.txt", "price_list_2025.pdf"]
@@ -36,6 +39,38 @@ class Workspace:
         code, out, err = self.rag("sources", "--json")
         assert code == 0, err
         return {entry["source"]: entry for entry in json.loads(out)}
+
+    def upload(self, owner: str, source: str, chunks: int) -> None:
+        """Rows of a private upload, written straight into the database file (the chat
+        writes them through the ingest; no command line writes for an owner)."""
+        uri = self.env["RAG_MILVUS_URI"]
+        client = MilvusClient(uri=uri)
+        try:
+            rows = [
+                {
+                    PRIMARY_FIELD: chunk_id(source, "d", index, owner),
+                    TEXT_FIELD: f"chunk {index} of {owner}'s {source}",
+                    VECTOR_FIELD: [0.05] * 384,
+                    **chunk_metadata(
+                        source=source,
+                        title=source,
+                        section="",
+                        page=None,
+                        index=index,
+                        total=chunks,
+                        text=source,
+                        file_hash="d",
+                        file_size=10,
+                        ingested_at="2026-01-01T00:00:00+00:00",
+                        owner=owner,
+                    ),
+                }
+                for index in range(chunks)
+            ]
+            client.insert(self.env["RAG_COLLECTION"], rows)
+        finally:
+            client.close()
+            server_manager_instance.release_server(uri)  # the next `rag` opens the file
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +102,36 @@ def test_sources_come_from_milvus_with_hash_size_and_time(workspace: Workspace) 
     assert code == 0
     assert "3 files in team_docs" in table
     assert all(name in table for name in COPIED)
+
+
+def test_sources_show_owners_and_remove_owner_takes_only_theirs(workspace: Workspace) -> None:
+    before = workspace.sources()
+    assert {entry["owner"] for entry in before.values()} == {""}, "folder ingests are shared"
+    workspace.upload("alice", "uploads/a1/onboarding_guide.md", chunks=2)
+    workspace.upload("bob", "uploads/b2/notes.md", chunks=1)
+
+    code, table, _ = workspace.rag("sources")
+    assert code == 0 and "5 files in team_docs" in table
+    lines = table.splitlines()
+    (alice,) = [line for line in lines if "uploads/a1/onboarding_guide.md" in line]
+    assert "alice" in alice
+    (shared,) = [line for line in lines if " onboarding_guide.md " in line]
+    assert "shared" in shared and "alice" not in shared
+
+    # A pattern naming the shared file's name, within alice's rows: only her copy.
+    code, out, _ = workspace.rag("remove", "--owner", "alice", "onboarding_guide.md", "-n")
+    assert code == 0 and "would remove 2 rows from 1 files" in out
+    assert "uploads/a1/onboarding_guide.md [alice]" in out
+    code, out, _ = workspace.rag("remove", "--owner", "alice", "onboarding_guide.md")
+    assert code == 0 and "removed 2 rows from 1 files" in out
+    code, out, _ = workspace.rag("remove", "--owner", "bob")  # no pattern: all of bob's
+    assert code == 0 and "removed 1 rows from 1 files" in out
+    assert workspace.sources() == before, "the shared files kept every row"
+
+    code, _, err = workspace.rag("remove", "--owner", "alice")
+    assert code == 1 and "nothing matches any file of owner 'alice'" in err
+    code, _, err = workspace.rag("remove")
+    assert code == 2 and "--owner" in err
 
 
 def test_collections_lists_model_dimension_and_rows(workspace: Workspace) -> None:
