@@ -1,7 +1,8 @@
 """The chat UI with a login, attacked the way a stranger on the network would: raw HTTP to
 Chainlit's API routes and a raw socket.io connection without the auth cookie, a forged
-cookie, hostile upload names, uploads over the size limit or of the wrong type. Every
-secret the UI was given is then looked for in its log.
+cookie, a page on another site calling the app (a foreign Origin), hostile upload names,
+uploads over the size limit or of the wrong type. Every secret the UI was given is then
+looked for in its log.
 
 One `rag ui` for the module (login on, every secret set), on a `milvus-lite server` so the
 test can read what uploads stored.
@@ -14,7 +15,9 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ import httpx
 import pytest
 import socketio
 
+from rag.ui.uploads import owner_folder
 from tests.reliability.conftest import RestartableMilvus, read_rows
 from tests.support.chainlit_client import SOCKET_PATH, ChainlitClient, Turn, login
 from tests.support.fake_openai import FakeServer, serve
@@ -41,6 +45,8 @@ SECRETS = {
 PASSWORD = "pw-alice-NEVER-SHOWN-8g9h"
 USERS = f"alice:{PASSWORD},bob:pw-bob-NEVER-SHOWN-0i1j"
 UPLOAD_LIMIT_MB = 0.05
+TRUSTED_ORIGIN = "https://chat.example.org"  # RAG_UI_ORIGINS: a proxy's public address
+FOREIGN_ORIGIN = "http://evil.example"
 
 
 @dataclass
@@ -70,6 +76,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureUI]:
                     "RAG_MILVUS_URI": milvus.uri,
                     "RAG_UI_USERS": USERS,
                     "RAG_UPLOAD_MAX_MB": str(UPLOAD_LIMIT_MB),
+                    "RAG_UI_ORIGINS": TRUSTED_ORIGIN,
                 }
             )
             with ingested_ui(docs, cwd, root, env, start_timeout=60) as (url, log):
@@ -173,6 +180,66 @@ async def test_a_live_session_cannot_be_used_by_someone_not_signed_in(ui: Secure
         await client.close()
 
 
+# --------------------------------------------------------------------------------------------
+# Nothing from another site's page
+# --------------------------------------------------------------------------------------------
+
+
+async def _socket_from(ui: SecureUI, cookies: dict[str, str], origin: str) -> bool:
+    """Whether a signed-in socket whose handshake carries ``origin`` is let in."""
+    sio = socketio.AsyncClient(reconnection=False)
+    auth = {"clientType": "webapp", "sessionId": f"origin-{origin}", "threadId": "",
+            "userEnv": "{}", "chatProfile": ""}  # fmt: skip
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    try:
+        await sio.connect(
+            ui.url,
+            socketio_path=SOCKET_PATH,
+            transports=["websocket"],
+            auth=auth,
+            headers={"Cookie": cookie, "Origin": origin},
+            wait_timeout=15,
+        )
+    except socketio.exceptions.ConnectionError:
+        return False
+    connected = sio.connected
+    await sio.disconnect()
+    return connected
+
+
+async def test_a_socket_opened_from_another_site_is_refused(ui: SecureUI) -> None:
+    """A browser opens WebSockets across sites without CORS, carrying the login cookie:
+    the app itself must refuse an Origin it does not know."""
+    cookies = await login(ui.url, "alice", PASSWORD)
+    assert not await _socket_from(ui, cookies, FOREIGN_ORIGIN)
+    assert not await _socket_from(ui, cookies, ui.url.replace("127.0.0.1", "127.0.0.2"))
+    assert await _socket_from(ui, cookies, ui.url), "the UI's own page"
+    assert await _socket_from(ui, cookies, TRUSTED_ORIGIN), "an origin in RAG_UI_ORIGINS"
+
+
+def test_cross_site_http_calls_get_no_cors_permission(ui: SecureUI) -> None:
+    """Chainlit's CORS middleware holds the configured origins, not every site."""
+    cookies = {"access_token": "x"}
+    with httpx.Client(base_url=ui.url, timeout=30, cookies=cookies) as http:
+        preflight = {"Access-Control-Request-Method": "POST"}
+        refused = http.options("/project/file", headers={"Origin": FOREIGN_ORIGIN} | preflight)
+        assert refused.status_code == 400, refused.text
+        assert "access-control-allow-origin" not in refused.headers
+        allowed = http.options("/project/file", headers={"Origin": TRUSTED_ORIGIN} | preflight)
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.headers["access-control-allow-origin"] == TRUSTED_ORIGIN
+        simple = http.get("/project/settings", headers={"Origin": FOREIGN_ORIGIN})
+        assert "access-control-allow-origin" not in simple.headers
+
+
+def test_the_runtime_config_holds_the_upload_limit_and_the_origins(ui: SecureUI) -> None:
+    config = tomllib.loads((ui.root / "ui" / ".chainlit" / "config.toml").read_text())
+    # Chainlit takes whole megabytes: 0.05 is rounded up for it; rag.ui.uploads checks 0.05
+    assert config["features"]["spontaneous_file_upload"]["max_size_mb"] == 1
+    assert TRUSTED_ORIGIN in config["project"]["allow_origins"]
+    assert "*" not in config["project"]["allow_origins"]
+
+
 def test_wrong_passwords_are_refused(ui: SecureUI) -> None:
     for username, password in [
         ("alice", "wrong"),
@@ -242,7 +309,8 @@ async def test_hostile_upload_names_stay_in_the_upload_folder(ui: SecureUI) -> N
     finally:
         await client.close()
     new = files_under(ui.root) - before
-    uploads = (ui.root / "uploads").resolve()
+    # alice's folder: a hash of her identifier, one level under the upload folder
+    uploads = (ui.root / "uploads" / owner_folder("alice")).resolve()
     # the Milvus data, the history database and Chainlit's session files change too
     kept = (ui.root / "milvus", ui.root / "cwd" / "data", ui.root / "ui" / ".files")
     outside = {
@@ -251,9 +319,11 @@ async def test_hostile_upload_names_stay_in_the_upload_folder(ui: SecureUI) -> N
         if p.resolve().parent != uploads and not any(p.is_relative_to(k) for k in kept)
     }
     assert not outside, f"written outside the upload folder: {outside}"
-    assert {p.name for p in new if p.resolve().parent == uploads} == {
-        s for s in names.values() if s
-    }
+    stored_names = {p.name for p in new if p.resolve().parent == uploads}
+    # each named <content digest>-<safe name> (the digest: 13 of the 120 characters)
+    assert {re.sub(r"^[0-9a-f]{12}-", "", n) for n in stored_names} == {
+        s[: 120 - 13 - 4] + ".txt" if len(s) > 100 else s for s in names.values() if s
+    }, stored_names
     for stray in ("escape_one.txt", "escape_two.txt", "escape_three.txt"):
         assert not (ui.root / stray).exists() and not (ui.root.parent / stray).exists()
         assert not Path(ui.root.anchor, "tmp", stray).exists()  # noqa: ASYNC240
@@ -277,28 +347,38 @@ async def test_uploads_over_the_limit_or_of_a_wrong_type_are_refused(ui: SecureU
     assert not (ui.root / "uploads" / "setup.exe").exists()
 
 
-async def test_a_duplicate_upload_name_replaces_the_file_and_its_passages(ui: SecureUI) -> None:
+async def test_a_duplicate_upload_name_is_another_file_and_the_same_file_is_one(
+    ui: SecureUI,
+) -> None:
+    """Two versions under one name are two files, neither replacing the other (both the
+    owner's); the same file dropped again is found unchanged and written once."""
     client = await signed_in(ui)
+    versions = [b"Version one: the gate code is 1111.\n", b"Version two: the gate code is 2222.\n"]
     try:
-        first = await upload_named(client, "notes.txt", b"Version one: the gate code is 1111.\n")
-        await client.ask("", files=[first], limit=60)
-        second = await upload_named(client, "notes.txt", b"Version two: the gate code is 2222.\n")
-        turn = await client.ask("", files=[second], limit=60)
-        assert report_line(turn).startswith("✅ notes.txt: 1 passage added"), report_line(turn)
+        for data in [*versions, versions[1]]:
+            file = await upload_named(client, "notes.txt", data)
+            turn = await client.ask("", files=[file], limit=60)
+        assert report_line(turn) == "✅ notes.txt: already added (1 passage)", report_line(turn)
     finally:
         await client.close()
     store = ui.milvus.client()
     try:
+        prefix = f"uploads/{owner_folder('alice')}/"
         rows = await asyncio.to_thread(
-            read_rows, store, "chat_ui", ["pk", "text"], 'source == "uploads/notes.txt"'
+            read_rows, store, "chat_ui", ["source", "owner", "text"], f'source like "{prefix}%"'
         )
     finally:
         store.close()
+    notes = sorted((r["text"], r["owner"]) for r in rows if r["source"].endswith("-notes.txt"))
     # The stored text starts with the contextual header (the file's name as its title).
-    assert [r["text"] for r in rows] == ["notes\n\nVersion two: the gate code is 2222."]
-    assert (
-        ui.root / "uploads" / "notes.txt"
-    ).read_text() == "Version two: the gate code is 2222.\n"
+    assert [owner for _, owner in notes] == ["alice", "alice"]
+    assert [text.rsplit("\n\n", 1)[-1] for text, _ in notes] == [
+        "Version one: the gate code is 1111.",
+        "Version two: the gate code is 2222.",
+    ]
+    folder = ui.root / "uploads" / owner_folder("alice")
+    stored = sorted(p.read_bytes() for p in folder.glob("*-notes.txt"))
+    assert stored == versions
 
 
 # --------------------------------------------------------------------------------------------
