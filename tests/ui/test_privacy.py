@@ -13,6 +13,7 @@ Real `rag ingest` and `rag ui` on Milvus Lite, embedded and answered by the loop
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,26 @@ from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, serve
 from tests.ui.test_chat_ui import ChatUI, _env, ingested_ui
 
 pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is not None:  # the browser helpers (their module skips itself without Chromium)
+    from playwright.sync_api import Page, expect
+
+    from tests.ui.test_browser import (
+        USERS,
+        answer_with,
+        ask,
+        browser,
+        chat_session,
+        open_settings,
+        retrieved,
+        running_app,
+        sign_in,
+        source_links,
+        wait_for_chat,
+    )
+
+    _ = browser  # a fixture, used by name
 
 DOCS = {
     "falcon.txt": "The launch code for Project Falcon is ZX-4471.\n",
@@ -151,3 +172,85 @@ async def test_a_filter_naming_a_source_the_chat_may_not_see_is_refused(
     finally:
         await stranger.close()
         await owner.close()
+
+
+# --- two signed-in users in two browsers -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def login_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatUI]:
+    """A UI with login: each user is the owner of what they upload."""
+    users = {
+        "RAG_UI_USERS": ",".join(f"{user}:{password}" for user, password in USERS.items()),
+        "CHAINLIT_AUTH_SECRET": "privacy-test-" + "x" * 40,
+    }
+    with running_app(tmp_path_factory.mktemp("privacy_login"), DOCS, users) as started:
+        yield started
+
+
+def _signed_in(page: Page, ui: ChatUI, user: str) -> None:
+    page.goto(ui.url)
+    sign_in(page, user, USERS[user])
+    wait_for_chat(page)
+
+
+def _filter_options(page: Page) -> list[str]:
+    """The names the settings panel's document drop-down offers (closed again after)."""
+    dialog = open_settings(page)
+    dialog.locator("#source").click()
+    options = page.get_by_role("option")
+    expect(options.first).to_be_visible()
+    names = [text.strip() for text in options.all_inner_texts()]
+    page.keyboard.press("Escape")  # closes the drop-down
+    expect(options).to_have_count(0)
+    page.keyboard.press("Escape")  # and the panel, changing nothing
+    expect(dialog).to_be_hidden()
+    return names
+
+
+def _welcome_text(page: Page) -> str:
+    page.locator("#readme-button").click()
+    readme = page.get_by_role("dialog")
+    readme.get_by_role("heading", name="In this collection").wait_for()
+    text = readme.inner_text()
+    page.keyboard.press("Escape")
+    expect(readme).to_be_hidden()
+    return text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_a_users_upload_never_reaches_another_users_page(
+    login_ui: ChatUI, browser: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    with (
+        chat_session(login_ui, browser, request, tmp_path / "alice") as alice,
+        chat_session(login_ui, browser, request, tmp_path / "bob") as bob,
+    ):
+        _signed_in(alice, login_ui, "alice")
+        alice.locator('[id="#upload-drop-input"]').set_input_files(_heron(login_ui.root))
+        alice.locator("#message-composer").get_by_text("heron.txt").wait_for()
+        ask(alice, HERON_Q)
+        answered = answer_with(alice, "Sources", timeout=60)
+        links = source_links(answered)
+        assert FACT in answered.inner_text(), answered.inner_text()
+        assert re.fullmatch(rf"\[1\] {UPLOAD_SOURCE}", links[0].lower()), links
+        source = links[0][4:]
+        assert source.lower() in [name.lower() for name in _filter_options(alice)]
+
+        _signed_in(bob, login_ui, "bob")
+        assert _filter_options(bob) == ["All documents", "falcon.txt", "tallinn.txt"]
+        ask(bob, HERON_Q)
+        refused = answer_with(bob, NOTHING_FOUND, timeout=60)
+        assert set(retrieved(bob, 1)) <= set(DOCS), retrieved(bob, 1)
+        assert all(link.split("] ", 1)[1] in DOCS for link in source_links(refused))
+        welcome = _welcome_text(bob)
+        assert "falcon.txt" in welcome and "tallinn.txt" in welcome
+        # everything bob's page shows, the opened Retrieval step and the welcome included
+        seen = bob.locator("body").inner_text() + welcome
+        for trace in (FACT, "battery takes", "heron.txt", source):
+            assert trace.lower() not in seen.lower(), f"{trace!r} is on bob's page"
+
+        # alice, in her own chat, is still answered from her upload
+        ask(alice, HERON_Q)
+        again = answer_with(alice, "Sources", count=2, timeout=60)
+        assert FACT in again.inner_text() and source_links(again)[0] == links[0]
