@@ -4,14 +4,18 @@ Every function here blocks (file I/O, PDF parsing): the pipeline calls them
 through ``asyncio.to_thread``. LangChain's community loaders would do the same
 job but pull in langchain-community's large dependency tree, and we need control
 they don't give: encoding detection with a clear message, streaming of huge text
-files, and headings kept as Markdown so the splitter can record sections.
+files, headings kept as Markdown so the splitter can record sections, and a bounded
+read of archives (a DOCX is a zip file: a small one can expand to gigabytes).
 """
 
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +23,27 @@ from pathlib import Path
 STREAM_THRESHOLD = 4 * 1024 * 1024  # text files above this are read block by block
 BLOCK_SIZE = 1024 * 1024
 SAMPLE_SIZE = 64 * 1024
+MIB = 1024 * 1024
+
+# What a zip-based document (DOCX) may expand to: 10 times the file-size limit, at least
+# 16 MiB and never more than 256 MiB. Media in a DOCX is already compressed (it expands
+# about 1:1) and its XML is a few MB even for hundreds of pages, so a real document
+# expands to little more than its file size, except a small one: Word's styles alone
+# expand to about 0.8 MB, 20 times a 40 kB file (hence the floor, harmless in memory).
+# python-docx holds every part in memory and builds an lxml tree several times the XML's
+# size, in the ingest and in the chat's process, so a few hundred MB is already the most
+# one document should cost.
+ARCHIVE_EXPANSION = 10
+ARCHIVE_MIN_EXPANDED = 16 * MIB
+ARCHIVE_MAX_EXPANDED = 256 * MIB
+ARCHIVE_MAX_MEMBERS = 10_000  # a DOCX has tens of parts, thousands with many images
+# Deflate cannot do better than about 1030:1, which is where zip bombs sit; machine-made
+# documents of one repeated line reach about 275:1 (python-docx's XML, 40,000 times the
+# same paragraph), so 500:1 refuses bombs and not documents. Below 1 MiB expanded, any
+# ratio is harmless.
+ARCHIVE_MAX_RATIO = 500
+ARCHIVE_RATIO_FLOOR = MIB
+ARCHIVE_READ_SIZE = MIB
 
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 
@@ -198,16 +223,121 @@ def load_html(path: Path) -> LoadedFile:
     return LoadedFile(title or _markdown_title(text) or path.stem, True, lambda: iter([Part(text)]))
 
 
-def load_docx(path: Path) -> LoadedFile:
+def archive_limit(max_bytes: int) -> int:
+    """The most a zip-based document under the file-size limit ``max_bytes`` may expand to."""
+    return min(max(ARCHIVE_EXPANSION * max_bytes, ARCHIVE_MIN_EXPANDED), ARCHIVE_MAX_EXPANDED)
+
+
+def _mb(size: int) -> str:
+    return f"{size / MIB:.1f} MB"
+
+
+def _member_name(member: zipfile.ZipInfo) -> str:
+    """A member's name for a one-line message: repr() escapes any line break in it."""
+    name = member.filename if len(member.filename) <= 80 else member.filename[:77] + "..."
+    return repr(name)
+
+
+def _check_declared_sizes(archive: zipfile.ZipFile, limit: int, kind: str) -> None:
+    """Refuse an archive by what its central directory declares, before expanding anything."""
+    members = archive.infolist()
+    if len(members) > ARCHIVE_MAX_MEMBERS:
+        raise LoadError(
+            f"{kind} refused: {len(members)} archive members, more than {ARCHIVE_MAX_MEMBERS}"
+        )
+    total = sum(member.file_size for member in members)
+    if total > limit:
+        raise LoadError(
+            f"{kind} refused: it would expand to {_mb(total)}, above the {_mb(limit)} a "
+            f"document may expand to ({ARCHIVE_EXPANSION} x RAG_MAX_FILE_MB, within "
+            f"{_mb(ARCHIVE_MIN_EXPANDED)} to {_mb(ARCHIVE_MAX_EXPANDED)})"
+        )
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > ARCHIVE_RATIO_FLOOR and ratio > ARCHIVE_MAX_RATIO:
+            raise LoadError(
+                f"{kind} refused: {_member_name(member)} would expand {ratio:.0f} times, "
+                f"to {_mb(member.file_size)} (a zip bomb?)"
+            )
+
+
+def _copy_member(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, copy: zipfile.ZipFile, budget: int, kind: str
+) -> int:
+    """Copy one member, counting the bytes really read; return how many.
+
+    zipfile's reader cuts a member at its declared ``file_size`` and fails its CRC at the
+    end, but ``read()`` without a size asks zlib for up to 1 GiB in one call before cutting
+    (ZipExtFile.read -> _read1(MAX_N)), which is what python-docx's ``ZipFile.read`` does:
+    a member that declares less than it holds would be expanded whole first. Read in
+    blocks, each decompression step yields at most one block.
+    """
+    read = 0
+    # A fresh ZipInfo: stored (no recompression), and the archive's own dates and flags,
+    # which can be anything, stay out of it.
+    with archive.open(member) as source, copy.open(zipfile.ZipInfo(member.filename), "w") as out:
+        try:
+            while block := source.read(ARCHIVE_READ_SIZE):
+                read += len(block)
+                if read > member.file_size or read > budget:
+                    raise LoadError(
+                        f"{kind} refused: {_member_name(member)} holds more than the "
+                        f"{_mb(member.file_size)} it declares (a zip bomb?)"
+                    )
+                out.write(block)
+        except zipfile.BadZipFile as error:
+            # While reading, only the CRC check raises this, once the declared size is
+            # read: the member was cut there, so it is damaged or holds more than it says.
+            raise LoadError(
+                f"{kind} refused: {_member_name(member)} does not match its declared size "
+                f"and checksum, damaged or a zip bomb ({error})"
+            ) from None
+    return read
+
+
+def read_archive_bounded(path: Path, limit: int, kind: str) -> io.BytesIO:
+    """Blocking: the archive at ``path`` re-packed in memory, never expanding past ``limit``.
+
+    The declared sizes are checked first (nothing is expanded for a bomb that declares
+    itself); then every member is read in blocks and counted, because declared sizes can
+    lie. The copy is stored uncompressed, so whatever parses it next (python-docx opens
+    it with zipfile) reads exactly the bytes counted here, and a file replaced on disk in
+    the meantime changes nothing.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            _check_declared_sizes(archive, limit, kind)
+            buffer = io.BytesIO()
+            total = 0
+            with zipfile.ZipFile(buffer, "w") as copy:
+                for member in archive.infolist():
+                    if member.is_dir():
+                        continue
+                    total += _copy_member(archive, member, copy, limit - total, kind)
+    except LoadError:
+        raise
+    except RuntimeError as error:  # zipfile: "File ... is encrypted, password required"
+        raise LoadError(f"encrypted or unreadable {kind} ({error})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as error:
+        raise LoadError(f"corrupt or unreadable {kind} ({type(error).__name__}: {error})") from None
+    buffer.seek(0)
+    return buffer
+
+
+def load_docx(path: Path, max_bytes: int) -> LoadedFile:
+    """Load a DOCX whose expansion stays under ``archive_limit(max_bytes)``."""
     import docx
     from docx.opc.exceptions import PackageNotFoundError
 
+    package = read_archive_bounded(path, archive_limit(max_bytes), "DOCX")
     try:
-        document = docx.Document(str(path))
+        document = docx.Document(package)
     except (PackageNotFoundError, ValueError, KeyError, OSError) as error:
         raise LoadError(f"corrupt or unreadable DOCX ({error})") from None
     except Exception as error:  # zipfile.BadZipFile and lxml errors for damaged files
         raise LoadError(f"corrupt or unreadable DOCX ({type(error).__name__}: {error})") from None
+    finally:
+        package.close()
     from docx.table import Table
 
     lines: list[str] = []
@@ -233,13 +363,14 @@ def load_docx(path: Path) -> LoadedFile:
     return LoadedFile(title, True, lambda: iter([Part(text)]))
 
 
-LOADERS: dict[str, Callable[[Path], LoadedFile]] = {
-    ".txt": lambda p: load_text(p, markdown=False),
-    ".md": lambda p: load_text(p, markdown=True),
-    ".markdown": lambda p: load_text(p, markdown=True),
-    ".pdf": load_pdf,
-    ".html": load_html,
-    ".htm": load_html,
+# Each loader gets the path and the file-size limit (which bounds what an archive expands to).
+LOADERS: dict[str, Callable[[Path, int], LoadedFile]] = {
+    ".txt": lambda p, _: load_text(p, markdown=False),
+    ".md": lambda p, _: load_text(p, markdown=True),
+    ".markdown": lambda p, _: load_text(p, markdown=True),
+    ".pdf": lambda p, _: load_pdf(p),
+    ".html": lambda p, _: load_html(p),
+    ".htm": lambda p, _: load_html(p),
     ".docx": load_docx,
 }
 
@@ -256,8 +387,8 @@ def load(path: Path, max_bytes: int) -> LoadedFile:
                 f"{size / mib:.3g} MB is above the limit of {max_bytes / mib:.3g} MB "
                 "(raise RAG_MAX_FILE_MB to allow it)"
             )
-        loader = LOADERS.get(path.suffix.lower(), lambda p: load_text(p, markdown=False))
-        return loader(path)
+        loader = LOADERS.get(path.suffix.lower(), LOADERS[".txt"])
+        return loader(path, max_bytes)
     except PermissionError:
         raise LoadError("permission denied") from None
     except IsADirectoryError:

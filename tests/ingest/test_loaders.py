@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import codecs
+import copy
 import hashlib
+import io
 import re
+import struct
+import time
 import tracemalloc
+import zipfile
+import zlib
 from pathlib import Path
 
 import docx
 import pytest
 
-from ingest.loaders import BLOCK_SIZE, SAMPLE_SIZE, STREAM_THRESHOLD, LoadedFile, LoadError, load
+from ingest.loaders import (
+    ARCHIVE_MAX_EXPANDED,
+    ARCHIVE_MIN_EXPANDED,
+    BLOCK_SIZE,
+    SAMPLE_SIZE,
+    STREAM_THRESHOLD,
+    LoadedFile,
+    LoadError,
+    archive_limit,
+    load,
+    read_archive_bounded,
+)
 from ingest.split import Splitter
 from tests.conftest import SAMPLE_DOCS, load_questions
 
@@ -243,6 +260,178 @@ def test_generated_docx(tmp_path: Path) -> None:
         "### Disposal",
         "Return used packs to Rotterdam.",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# DOCX zip bombs
+# --------------------------------------------------------------------------------------------
+
+BOMB_EXPANDED = 200 * 1024 * 1024  # what the bomb's word/document.xml expands to
+BOMB_MARK = "Only the first line of a bomb."
+DOCUMENT_XML = "word/document.xml"
+
+
+def write_docx_bomb(path: Path, expanded: int = BOMB_EXPANDED) -> Path:
+    """A valid DOCX (python-docx's own) whose document.xml holds ``expanded`` bytes of
+    repeated text in one paragraph, deflated to well under 1 MB; written block by block."""
+    template = io.BytesIO()
+    document = docx.Document()
+    document.add_paragraph(BOMB_MARK)
+    document.save(template)
+    block = b"bomb " * 13_000  # 65 kB
+    with (
+        zipfile.ZipFile(template) as source,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out,
+    ):
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename != DOCUMENT_XML:
+                out.writestr(member.filename, data)
+                continue
+            head, tail = data.split(b"<w:body>")
+            with out.open(DOCUMENT_XML, "w") as target:
+                target.write(head + b"<w:body><w:p><w:r><w:t>")
+                for _ in range(expanded // len(block)):
+                    target.write(block)
+                target.write(b"</w:t></w:r></w:p>" + tail)
+    return path
+
+
+def lie_about_document_size(bomb: Path, path: Path, declared: int, *, forge_crc: bool) -> Path:
+    """A copy of ``bomb`` whose central directory declares ``declared`` bytes for
+    document.xml; ``forge_crc`` also gives the CRC of those first bytes, so the cut
+    member passes zipfile's checksum (what a careful attacker would do)."""
+    data = bytearray(bomb.read_bytes())
+    name = data.rfind(DOCUMENT_XML.encode())  # the last mention is the central directory's
+    header = name - 46  # the fixed part of a central directory header is 46 bytes
+    assert data[header : header + 4] == b"PK\x01\x02"
+    struct.pack_into("<I", data, header + 24, declared)
+    if forge_crc:
+        with zipfile.ZipFile(bomb) as archive, archive.open(DOCUMENT_XML) as member:
+            struct.pack_into("<I", data, header + 16, zlib.crc32(member.read(declared)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def docx_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_docx_bomb(tmp_path_factory.mktemp("bomb") / "bomb.docx")
+    assert path.stat().st_size < 1024 * 1024
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo(DOCUMENT_XML).file_size > BOMB_EXPANDED - 1024 * 1024
+    return path
+
+
+def refusal(path: Path, max_bytes: int) -> tuple[str, int, float]:
+    """(the LoadError's message, tracemalloc peak, seconds) of loading ``path``."""
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoadError) as caught:
+            load(path, max_bytes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(caught.value)
+    assert "\n" not in message
+    return message, peak, time.perf_counter() - started
+
+
+def test_the_bomb_builder_makes_a_valid_docx(tmp_path: Path) -> None:
+    """The same builder with a small expansion makes a DOCX that loads, so the refusals
+    below are about size, not about a broken file."""
+    path = write_docx_bomb(tmp_path / "small.docx", expanded=900 * 1024)  # under the ratio floor
+    text = full_text(load(path, NO_LIMIT))
+    assert text.startswith("bomb bomb") and text.endswith(BOMB_MARK)
+    assert len(text) > 900 * 1024 - 65_000
+
+
+def test_docx_bomb_is_refused_by_its_ratio_without_expanding(docx_bomb: Path) -> None:
+    assert archive_limit(NO_LIMIT) == ARCHIVE_MAX_EXPANDED > BOMB_EXPANDED  # the ratio decides
+    message, peak, seconds = refusal(docx_bomb, NO_LIMIT)
+    assert re.fullmatch(
+        r"DOCX refused: 'word/document.xml' would expand \d+ times, to 200.0 MB \(a zip bomb\?\)",
+        message,
+    ), message
+    assert peak < 2 * 1024 * 1024 and seconds < 2
+
+
+def test_docx_above_ten_times_the_file_limit_is_refused_without_expanding(
+    docx_bomb: Path,
+) -> None:
+    message, peak, seconds = refusal(docx_bomb, 4 * 1024 * 1024)
+    assert re.fullmatch(
+        r"DOCX refused: it would expand to 20\d\.\d MB, above the 40\.0 MB a document may "
+        r"expand to \(10 x RAG_MAX_FILE_MB, within 16\.0 MB to 256\.0 MB\)",
+        message,
+    ), message
+    assert peak < 2 * 1024 * 1024 and seconds < 2
+
+
+@pytest.mark.parametrize("forge_crc", [False, True], ids=["crc-fails", "crc-forged"])
+def test_docx_whose_declared_size_lies_is_cut_at_that_size(
+    docx_bomb: Path, tmp_path: Path, forge_crc: bool
+) -> None:
+    """Declared small enough to pass the checks, the member is read only that far: with its
+    own CRC the cut fails the checksum; with a forged one python-docx gets the cut XML."""
+    declared = 512 * 1024
+    path = lie_about_document_size(docx_bomb, tmp_path / "liar.docx", declared, forge_crc=forge_crc)
+    message, peak, seconds = refusal(path, NO_LIMIT)
+    if forge_crc:
+        assert message.startswith("corrupt or unreadable DOCX (XMLSyntaxError"), message
+    else:
+        assert message.startswith(
+            "DOCX refused: 'word/document.xml' does not match its declared size and checksum"
+        ), message
+    assert peak < 16 * 1024 * 1024 < BOMB_EXPANDED // 10, peak
+    assert seconds < 5
+
+
+def many_members_docx(path: Path, members: int) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for number in range(members):
+            archive.writestr(f"word/media/m{number}.bin", b"")
+    return path
+
+
+def test_docx_with_too_many_members_is_refused(tmp_path: Path) -> None:
+    message, _, _ = refusal(many_members_docx(tmp_path / "many.docx", 10_001), NO_LIMIT)
+    assert message == "DOCX refused: 10001 archive members, more than 10000"
+
+
+def test_docx_member_name_with_a_line_break_stays_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "named.docx"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("word/evil\nname.xml", b"x" * (4 * 1024 * 1024))
+    message, _, _ = refusal(path, NO_LIMIT)
+    assert message.startswith("DOCX refused: 'word/evil\\nname.xml' would expand"), message
+
+
+def test_repetitive_generated_docx_is_not_taken_for_a_bomb(tmp_path: Path) -> None:
+    """A machine-made report of one line repeated compresses over 250:1: under the ratio."""
+    document = docx.Document()
+    paragraph = document.add_paragraph("Same line of text again and again.")._p
+    for _ in range(39_999):  # copies of the element: python-docx's API is slow at this size
+        paragraph.addnext(copy.deepcopy(paragraph))
+    path = tmp_path / "report.docx"
+    document.save(str(path))
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo(DOCUMENT_XML)
+    assert member.file_size > max(250 * member.compress_size, 2 * 1024 * 1024)
+    # The archive checks pass (parsing 40,000 paragraphs with python-docx takes long).
+    with zipfile.ZipFile(read_archive_bounded(path, archive_limit(NO_LIMIT), "DOCX")) as repacked:
+        assert repacked.read(DOCUMENT_XML).count(b"Same line of text again and again.") == 40_000
+
+
+def test_small_docx_loads_under_a_file_limit_of_its_own_size() -> None:
+    """Word's styles make a small DOCX expand 20 times: the 16 MiB floor lets it in."""
+    path = SAMPLE_DOCS / "warranty_and_returns.docx"
+    with zipfile.ZipFile(path) as archive:
+        expanded = sum(member.file_size for member in archive.infolist())
+    assert expanded > 10 * path.stat().st_size  # what the floor is for
+    assert archive_limit(path.stat().st_size) == ARCHIVE_MIN_EXPANDED
+    loaded = load(path, path.stat().st_size)
+    assert "DockPost DP-7 station | 36 months" in full_text(loaded)
 
 
 # --------------------------------------------------------------------------------------------
