@@ -27,6 +27,7 @@ from tests.conftest import (
     run_rag,
     write_files,
 )
+from tests.ingest.test_loaders import lie_about_document_size, write_docx_bomb
 
 GOOD = {"good.md": "# Good\n\nThe DockPost DP-7 anchor nuts are tightened to 40 Nm.\n"}
 SMALL = {"chunk_size": 300, "chunk_overlap": 30}
@@ -303,6 +304,44 @@ async def test_truncated_sample_pdf_fails(open_env: OpenEnv, tmp_path: Path) -> 
 # --------------------------------------------------------------------------------------------
 # Size
 # --------------------------------------------------------------------------------------------
+
+
+async def test_docx_zip_bombs_are_refused_and_the_rest_goes_in(
+    open_env: OpenEnv, tmp_path: Path
+) -> None:
+    """A 200 MB document.xml deflated to under 1 MB, and the same bomb declaring 0.5 MB, are
+    refused in one line each without being expanded; a normal DOCX beside them goes in."""
+    import docx
+
+    folder = write_files(tmp_path / "docs", GOOD)
+    bomb = write_docx_bomb(folder / "bomb.docx")
+    lie_about_document_size(bomb, folder / "liar.docx", 512 * 1024, forge_crc=False)
+    normal = docx.Document()
+    normal.add_paragraph("Rotor blades are replaced every 400 flight hours.")
+    normal.save(str(folder / "normal.docx"))
+    assert bomb.stat().st_size < 1024 * 1024
+
+    tracemalloc.start()
+    try:
+        env, report, reporter = await ingest_with(open_env, folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    outcomes = by_source(report)
+    assert outcomes["bomb.docx"].status == "failed"
+    assert outcomes["bomb.docx"].reason.startswith(
+        "DOCX refused: 'word/document.xml' would expand"
+    ), outcomes["bomb.docx"].reason
+    assert outcomes["liar.docx"].status == "failed"
+    assert "does not match its declared size and checksum" in outcomes["liar.docx"].reason
+    for name in ("bomb.docx", "liar.docx"):
+        assert "\n" not in outcomes[name].reason
+        assert any(o.source == name and o.status == "failed" for o in reporter.done)
+    assert not report.ok
+    await assert_good_file_went_in(env, report)
+    assert outcomes["normal.docx"].status == "added"
+    assert await env.count('source == "normal.docx"') == 1
+    assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MiB traced while ingesting a bomb"
 
 
 async def test_file_above_max_file_mb_is_refused(open_env: OpenEnv, tmp_path: Path) -> None:
