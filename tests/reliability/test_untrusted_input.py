@@ -1,6 +1,6 @@
 """Input nobody should trust: source filters typed by a user, documents that carry
-instructions, file names with quotes, backslashes and newlines, upload names, and secrets
-that must never be printed.
+instructions, file names with quotes, backslashes and newlines, upload names, DOCX zip
+bombs, and secrets that must never be printed.
 
 Milvus filters are strings, so a filter value that closed its string literal could widen
 a search (or a delete) to every source. Documents reach the chat model inside a fenced,
@@ -15,10 +15,12 @@ import json
 import re
 import subprocess
 import tempfile
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -30,8 +32,9 @@ from rag.config import Settings
 from rag.prompts import load_prompts
 from rag.retrieval import SearchOptions, retrieve
 from rag.services import Services, open_services
-from rag.ui.uploads import UploadRejected, store_upload
+from rag.ui.uploads import UploadRejected, UploadResult, add_upload, store_upload
 from tests.conftest import make_settings, run_rag, write_files
+from tests.ingest.test_loaders import write_docx_bomb
 from tests.support.fake_openai import FakeServer, serve
 
 HOSTILE_FILTERS = [
@@ -300,6 +303,80 @@ def test_an_upload_lands_directly_in_the_upload_folder_or_is_refused(name: str) 
         everything = {p.relative_to(root).as_posix() for p in root.rglob("*")}
         extra = everything - {"incoming.bin", "uploads", "uploads/link.txt", "victim.txt"}
         assert all(p.startswith("uploads/") and "/" not in p[8:] for p in extra), extra
+
+
+# --------------------------------------------------------------------------------------------
+# DOCX zip bombs: under 1 MB on disk, 200 MB once expanded
+# --------------------------------------------------------------------------------------------
+
+
+def normal_docx(path: Path) -> Path:
+    document = docx.Document()
+    document.add_paragraph("The ferry timetable is posted at pier D every Monday.")
+    document.save(str(path))
+    return path
+
+
+def test_a_docx_zip_bomb_dropped_in_the_chat_is_refused_in_one_line(
+    tmp_path: Path, endpoint: FakeServer, runner: asyncio.Runner
+) -> None:
+    """The chat ingests uploads in its own process: the bomb must not be expanded there."""
+    settings = settings_for(tmp_path / "m.db", endpoint, upload_dir=str(tmp_path / "uploads"))
+    bomb = write_docx_bomb(tmp_path / "incoming-bomb")
+    normal = normal_docx(tmp_path / "incoming-normal")
+
+    async def drop_both() -> tuple[UploadResult, int, UploadResult]:
+        async with open_services(settings) as services:
+            tracemalloc.start()
+            try:
+                refused = await add_upload(
+                    services.store, settings, owner="alice", name="report.docx", temp_path=bomb
+                )
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            added = await add_upload(
+                services.store, settings, owner="alice", name="timetable.docx", temp_path=normal
+            )
+            return refused, peak, added
+
+    refused, peak, added = runner.run(drop_both())
+    assert refused.problem is not None and refused.passages == 0, refused
+    assert re.fullmatch(
+        r"❌ report\.docx: DOCX refused: 'word/document\.xml' would expand \d+ times, "
+        r"to 200\.0 MB \(a zip bomb\?\)",
+        refused.line,
+    ), refused.line
+    assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MiB traced while refusing a bomb"
+    assert added.problem is None and added.passages == 1, added
+
+
+def test_cli_ingest_refuses_a_docx_zip_bomb_in_one_line_and_writes_the_rest(
+    tmp_path: Path, endpoint: FakeServer
+) -> None:
+    folder = write_files(tmp_path / "docs", {"plain.txt": TRICKY["plain.txt"]})
+    write_docx_bomb(folder / "bomb.docx")
+    normal_docx(folder / "timetable.docx")
+    run = run_rag(
+        "ingest",
+        str(folder),
+        cwd=tmp_path,
+        RAG_MILVUS_URI=str(tmp_path / "m.db"),
+        RAG_EMBEDDING_PROVIDER="openai",
+        RAG_EMBEDDING_BASE_URL=endpoint.base_url,
+        RAG_EMBEDDING_DIMENSIONS="384",
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    (line,) = [line for line in run.stdout.splitlines() if "bomb.docx" in line]
+    assert re.fullmatch(
+        r"failed: bomb\.docx: DOCX refused: 'word/document\.xml' would expand \d+ times, "
+        r"to 200\.0 MB \(a zip bomb\?\)",
+        line.strip(),
+    ), run.stdout
+    assert "some files failed" in run.stderr
+    for name in ("plain.txt", "timetable.docx"):
+        added = rf"^\s*added: {re.escape(name)} \(1 chunks?\)"
+        assert re.search(added, run.stdout, re.MULTILINE), run.stdout
 
 
 # --------------------------------------------------------------------------------------------
