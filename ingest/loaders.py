@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import io
 import logging
+import lzma
 import re
 import zipfile
 import zlib
@@ -270,7 +271,8 @@ def _copy_member(
     end, but ``read()`` without a size asks zlib for up to 1 GiB in one call before cutting
     (ZipExtFile.read -> _read1(MAX_N)), which is what python-docx's ``ZipFile.read`` does:
     a member that declares less than it holds would be expanded whole first. Read in
-    blocks, each decompression step yields at most one block.
+    blocks, each decompression step yields at most one block; and counting the bytes
+    against ``file_size`` and the budget keeps the bound without relying on that cut.
     """
     read = 0
     # A fresh ZipInfo: stored (no recompression), and the archive's own dates and flags,
@@ -304,22 +306,35 @@ def read_archive_bounded(path: Path, limit: int, kind: str) -> io.BytesIO:
     it with zipfile) reads exactly the bytes counted here, and a file replaced on disk in
     the meantime changes nothing.
     """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            _check_declared_sizes(archive, limit, kind)
-            buffer = io.BytesIO()
-            total = 0
-            with zipfile.ZipFile(buffer, "w") as copy:
-                for member in archive.infolist():
-                    if member.is_dir():
-                        continue
-                    total += _copy_member(archive, member, copy, limit - total, kind)
-    except LoadError:
-        raise
-    except RuntimeError as error:  # zipfile: "File ... is encrypted, password required"
-        raise LoadError(f"encrypted or unreadable {kind} ({error})") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError) as error:
-        raise LoadError(f"corrupt or unreadable {kind} ({type(error).__name__}: {error})") from None
+    # Opened outside the try: failing to open the file (permission, a folder) is load()'s
+    # to explain; an OSError while reading the opened archive is about its content (a bad
+    # offset to seek to, bz2's "Invalid data stream").
+    with path.open("rb") as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                _check_declared_sizes(archive, limit, kind)
+                buffer = io.BytesIO()
+                total = 0
+                with zipfile.ZipFile(buffer, "w") as copy:
+                    for member in archive.infolist():
+                        if not member.is_dir():
+                            total += _copy_member(archive, member, copy, limit - total, kind)
+        except LoadError:
+            raise
+        except RuntimeError as error:  # zipfile: "File ... is encrypted, password required"
+            raise LoadError(f"encrypted or unreadable {kind} ({error})") from None
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            lzma.LZMAError,
+            EOFError,
+            NotImplementedError,
+            ValueError,
+            OSError,
+        ) as error:
+            raise LoadError(
+                f"corrupt or unreadable {kind} ({type(error).__name__}: {error})"
+            ) from None
     buffer.seek(0)
     return buffer
 
