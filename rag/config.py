@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         description="user:password pairs separated by commas (a password may be an argon2 "
         "hash from `rag passwd`); enables login.",
     )
+    ui_origins: str = Field(
+        "",
+        description="More origins the chat may be loaded from (a proxy's public address), "
+        "comma-separated; the UI's own address is always allowed.",
+    )
     upload_dir: str = Field("./data/uploads", description="Where chat uploads are kept.")
     ui_dir: str = Field("./data/ui", description="Runtime folder of the chat UI.")
     upload_max_mb: float = Field(20.0, gt=0, description="Largest file accepted in the chat.")
@@ -202,6 +207,18 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None
         parse_users(value.get_secret_value())
+        return value
+
+    @field_validator("ui_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        """Each an origin (scheme://host[:port]), so a typo never allows nothing or everything."""
+        for origin in (item.strip() for item in value.split(",") if item.strip()):
+            if origin == "*" or not re.fullmatch(r"https?://[^/\s]+", origin.rstrip("/")):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port], e.g. "
+                    "https://chat.example.org"
+                )
         return value
 
     @field_validator("local_llm")

@@ -31,7 +31,7 @@ def ui(
     import subprocess
 
     from rag.local.server import LocalLLMServer
-    from rag.ui.welcome import prepare_app_root
+    from rag.ui.welcome import HOST_VARIABLE, PORT_VARIABLE, prepare_app_root, ui_origins
 
     settings = settings_or_exit(collection=collection)
     env = dict(os.environ) | settings.to_env()
@@ -49,7 +49,13 @@ def ui(
         db_path.parent.mkdir(parents=True, exist_ok=True)
         env["RAG_DATABASE_URL"] = f"{SQLITE_PREFIX}{db_path.resolve()}"
     env["RAG_UPLOAD_DIR"] = str(Path(settings.upload_dir).resolve())
-    app_root = prepare_app_root(Path(settings.ui_dir))
+    # Chainlit's own config gets the one upload limit and the origins of this address.
+    env[HOST_VARIABLE], env[PORT_VARIABLE] = host, str(port)
+    app_root = prepare_app_root(
+        Path(settings.ui_dir),
+        upload_max_mb=settings.upload_max_mb,
+        origins=ui_origins(host, port, settings.ui_origins),
+    )
     env["CHAINLIT_APP_ROOT"] = str(app_root)
     server: LocalLLMServer | None = None
     try:

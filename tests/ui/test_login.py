@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,9 +74,18 @@ def test_login_is_required_when_users_are_configured(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_chat_is_open_without_users(tmp_path: Path) -> None:
-    with running_ui(tmp_path, {}) as base:
+    extra = {"RAG_UPLOAD_MAX_MB": "3", "RAG_UI_ORIGINS": "https://chat.example.org"}
+    with running_ui(tmp_path, extra) as base:
         config = httpx.get(f"{base}/auth/config").json()
         assert not config["requireLogin"] and config["passwordAuth"] is False
+        # `rag ui --port N` wrote Chainlit's config for this address and this upload limit.
+        written = tomllib.loads((tmp_path / "ui" / ".chainlit" / "config.toml").read_text())
+        assert set(written["project"]["allow_origins"]) == {
+            base,
+            base.replace("127.0.0.1", "localhost"),
+            "https://chat.example.org",
+        }
+        assert written["features"]["spontaneous_file_upload"]["max_size_mb"] == 3
 
 
 @pytest.mark.parametrize("users", ["alice", "alice:", ":pw", "alice:pw,,bob:x"])
