@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Mapping, Sequence
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -102,3 +103,52 @@ def auth_secret_problem(secret: str | None) -> str | None:
             f"{MIN_AUTH_SECRET} (`chainlit create-secret` makes one)"
         )
     return None
+
+
+# --- a company login in front of the chat -------------------------------------------------
+# Chainlit signs people in with an OAuth provider (GitHub, Google, Azure AD, Okta, Keycloak,
+# Auth0, GitLab, …) when that provider's OAUTH_<NAME>_CLIENT_ID/SECRET variables are set,
+# and it trusts a header set by an authenticating proxy when the app defines a header
+# callback. Both are configuration here: RAG_UI_OAUTH_ALLOW says who of the provider's
+# users may enter (an OAuth login without it would let in everyone with an account), and
+# RAG_UI_TRUSTED_HEADER names the proxy's header.
+OAUTH_ALLOW_MISSING = (
+    "an OAuth provider is configured (OAUTH_*_CLIENT_ID) but RAG_UI_OAUTH_ALLOW is empty: "
+    "list the email addresses or @domains that may sign in"
+)
+_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_EMAIL = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
+_DOMAIN = re.compile(r"^@[^@\s,]+\.[^@\s,]+$")
+
+
+def oauth_configured(environ: Mapping[str, str]) -> bool:
+    """Is an OAuth provider configured (Chainlit turns it on from OAUTH_*_CLIENT_ID)?"""
+    return any(
+        name.startswith("OAUTH_") and name.endswith("_CLIENT_ID") and value.strip()
+        for name, value in environ.items()
+    )
+
+
+def parse_allow(text: str) -> tuple[str, ...]:
+    """``alice@example.org`` and ``@example.org`` entries, comma-separated, lower-cased."""
+    entries = tuple(item.strip().lower() for item in text.split(",") if item.strip())
+    for entry in entries:
+        if not (_EMAIL.fullmatch(entry) or _DOMAIN.fullmatch(entry)):
+            raise ValueError(f"{entry!r} is neither an email address nor @domain")
+    return entries
+
+
+def allowed(identity: str, allow: Sequence[str]) -> bool:
+    """May this OAuth identity (an email address) enter, by address or by domain?"""
+    identity = identity.strip().lower()
+    return any(identity == entry or identity.endswith(entry) for entry in allow if entry)
+
+
+def valid_header_name(name: str) -> bool:
+    return bool(_HEADER.fullmatch(name))
+
+
+def header_user(value: str | None) -> str | None:
+    """The user a trusted proxy named in its header, if it is a usable name."""
+    value = (value or "").strip()
+    return value if value and len(value) <= 200 and value.isprintable() else None

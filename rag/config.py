@@ -8,6 +8,7 @@ inside a Milvus or OpenAI call.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rag.auth import parse_users
+from rag.auth import oauth_configured, parse_allow, parse_users, valid_header_name
 from rag.choices import (
     BUNDLED_CONTEXT_CHARS,
     DEFAULT_MIN_QUOTE_SCORE,
@@ -148,6 +149,16 @@ class Settings(BaseSettings):
         description="user:password pairs separated by commas (a password may be an argon2 "
         "hash from `rag passwd`); enables login.",
     )
+    ui_trusted_header: str | None = Field(
+        None,
+        description="Header an authenticating proxy sets to the signed-in user's name "
+        "(e.g. X-Forwarded-User); only safe when the UI is reachable through that proxy alone.",
+    )
+    ui_oauth_allow: str = Field(
+        "",
+        description="Who may sign in with an OAuth provider (OAUTH_* variables): email "
+        "addresses or @domains, comma-separated; required when a provider is configured.",
+    )
     ui_origins: str = Field(
         "",
         description="More origins the chat may be loaded from (a proxy's public address), "
@@ -209,6 +220,21 @@ class Settings(BaseSettings):
         parse_users(value.get_secret_value())
         return value
 
+    @field_validator("ui_trusted_header")
+    @classmethod
+    def _header(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not valid_header_name(value.strip()):
+            raise ValueError("a header name is letters, digits and '-' (e.g. X-Forwarded-User)")
+        return value.strip()
+
+    @field_validator("ui_oauth_allow")
+    @classmethod
+    def _oauth_allow(cls, value: str) -> str:
+        parse_allow(value)
+        return value
+
     @field_validator("ui_origins")
     @classmethod
     def _origins(cls, value: str) -> str:
@@ -251,6 +277,10 @@ class Settings(BaseSettings):
     def login_users(self) -> dict[str, str]:
         """Who may sign in to the chat (user → password or argon2 hash); empty: no login."""
         return parse_users(self.ui_users.get_secret_value()) if self.ui_users else {}
+
+    def login_enabled(self, environ: Mapping[str, str]) -> bool:
+        """Does the chat ask who you are (password list, trusted proxy header or OAuth)?"""
+        return bool(self.login_users or self.ui_trusted_header or oauth_configured(environ))
 
     @property
     def milvus_is_local(self) -> bool:

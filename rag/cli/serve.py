@@ -10,7 +10,12 @@ from typing import Annotated
 import typer
 from dotenv import dotenv_values
 
-from rag.auth import AUTH_SECRET_VARIABLE, auth_secret_problem
+from rag.auth import (
+    AUTH_SECRET_VARIABLE,
+    OAUTH_ALLOW_MISSING,
+    auth_secret_problem,
+    oauth_configured,
+)
 from rag.cli.app import CollectionOption, app, console, errors, fail, settings_or_exit
 from rag.config import SQLITE_PREFIX
 from rag.errors import ConfigError, RagError
@@ -35,7 +40,9 @@ def ui(
 
     settings = settings_or_exit(collection=collection)
     env = dict(os.environ) | settings.to_env()
-    if settings.login_users:
+    if oauth_configured(env) and not settings.ui_oauth_allow.strip():
+        raise fail(ConfigError(OAUTH_ALLOW_MISSING))
+    if settings.login_enabled(env):
         # Chainlit reads its secret from the environment of the app root, not from this
         # folder's .env: take it from either, and refuse a login that could not sign in.
         secret = env.get(AUTH_SECRET_VARIABLE) or dotenv_values(".env").get(AUTH_SECRET_VARIABLE)

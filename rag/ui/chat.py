@@ -35,9 +35,19 @@ from chainlit.data import get_data_layer
 from chainlit.data.base import BaseDataLayer
 from chainlit.input_widget import InputWidget, Select, Slider, Switch
 from chainlit.types import ThreadDict
+from starlette.datastructures import Headers
 
 from rag.app import Assistant, open_assistant
-from rag.auth import AUTH_SECRET_VARIABLE, auth_secret_problem, verify
+from rag.auth import (
+    AUTH_SECRET_VARIABLE,
+    OAUTH_ALLOW_MISSING,
+    allowed,
+    auth_secret_problem,
+    header_user,
+    oauth_configured,
+    parse_allow,
+    verify,
+)
 from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
 from rag.choices import SEARCH_LABELS, SearchMode
 from rag.config import get_settings
@@ -205,11 +215,15 @@ def _retry_history() -> None:
         _history_task = _remember(asyncio.create_task(_history_ready()))
 
 
-# Settings validation has already refused a malformed RAG_UI_USERS (rag.auth): an empty
-# list here means no login was asked for, never a list that failed to parse.
-if _USERS := get_settings().login_users:
-    if problem := auth_secret_problem(os.environ.get(AUTH_SECRET_VARIABLE)):
-        raise ConfigError(problem)
+# Settings validation has already refused a malformed RAG_UI_USERS, trusted header or OAuth
+# allow list (rag.auth): what is empty here was not asked for, never a value that failed.
+_SETTINGS = get_settings()
+if _SETTINGS.login_enabled(os.environ) and (
+    problem := auth_secret_problem(os.environ.get(AUTH_SECRET_VARIABLE))
+):
+    raise ConfigError(problem)
+
+if _USERS := _SETTINGS.login_users:
 
     @cl.password_auth_callback
     def _login(username: str, password: str) -> cl.User | None:
@@ -217,6 +231,33 @@ if _USERS := get_settings().login_users:
         if stored is not None and verify(stored, password):
             return cl.User(identifier=username, metadata={"provider": "password"})
         return None
+
+
+if _TRUSTED_HEADER := _SETTINGS.ui_trusted_header:
+
+    @cl.header_auth_callback
+    async def _header_login(headers: Headers) -> cl.User | None:
+        """The user an authenticating proxy named (Chainlit's POST /auth/header)."""
+        if name := header_user(headers.get(_TRUSTED_HEADER)):
+            return cl.User(identifier=name, metadata={"provider": "header"})
+        return None
+
+
+if oauth_configured(os.environ):
+    _ALLOW = parse_allow(_SETTINGS.ui_oauth_allow)
+    if not _ALLOW:  # `rag ui` refuses this first; the app itself must not open either
+        raise ConfigError(OAUTH_ALLOW_MISSING)
+
+    @cl.oauth_callback
+    async def _oauth_login(
+        provider_id: str,
+        token: str,
+        raw_user_data: dict[str, str],
+        default_user: cl.User,
+        id_token: str | None = None,
+    ) -> cl.User | None:
+        """Chainlit's provider signed someone in; only RAG_UI_OAUTH_ALLOW may enter."""
+        return default_user if allowed(default_user.identifier, _ALLOW) else None
 
 
 @cl.set_starters

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from rag.auth import auth_secret_problem, hash_password, parse_users, verify
+from rag.auth import (
+    allowed,
+    auth_secret_problem,
+    hash_password,
+    oauth_configured,
+    parse_allow,
+    parse_users,
+    verify,
+)
 from rag.config import load_settings
 from rag.errors import ConfigError
 
@@ -52,3 +60,21 @@ def test_a_login_needs_a_long_auth_secret() -> None:
 def test_hashing_an_empty_password_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         hash_password("")
+
+
+def test_oauth_allow_lists_match_addresses_and_domains_only() -> None:
+    allow = parse_allow(" Alice@Example.org, @corp.example ")
+    assert allowed("alice@example.org", allow) and allowed("BOB@corp.example", allow)
+    assert not allowed("eve@example.org", allow) and not allowed("eve@notcorp.example.net", allow)
+    assert not allowed("eve@evilcorp.example", allow[:1])
+    with pytest.raises(ValueError, match="neither an email address nor @domain"):
+        parse_allow("example.org")
+    assert oauth_configured({"OAUTH_GITHUB_CLIENT_ID": "x"})
+    assert not oauth_configured({"OAUTH_GITHUB_CLIENT_ID": " ", "PATH": "/bin"})
+
+
+def test_a_malformed_trusted_header_or_allow_list_stops_the_settings() -> None:
+    with pytest.raises(ConfigError, match="RAG_UI_TRUSTED_HEADER"):
+        load_settings(ui_trusted_header="X Remote User")
+    with pytest.raises(ConfigError, match="RAG_UI_OAUTH_ALLOW"):
+        load_settings(ui_oauth_allow="*")

@@ -110,3 +110,34 @@ def test_login_without_an_auth_secret_stops_rag_ui(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "CHAINLIT_AUTH_SECRET is not set" in done.stderr
     assert "chat UI:" not in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_trusted_proxy_header_signs_in_and_no_header_does_not(tmp_path: Path) -> None:
+    """Header auth behind an authenticating proxy (Chainlit's POST /auth/header)."""
+    extra = {"RAG_UI_TRUSTED_HEADER": "X-Remote-User", "CHAINLIT_AUTH_SECRET": "h" * 40}
+    with running_ui(tmp_path, extra) as base:
+        assert httpx.get(f"{base}/auth/config").json()["requireLogin"] is True
+        assert httpx.post(f"{base}/auth/header").status_code == 401
+        spoofed = httpx.post(f"{base}/auth/header", headers={"X-Other-User": "mallory"})
+        assert spoofed.status_code == 401
+        with httpx.Client(base_url=base) as client:
+            ok = client.post("/auth/header", headers={"X-Remote-User": "carol@example.org"})
+            assert ok.status_code == 200, ok.text
+            assert client.get("/user").json()["identifier"] == "carol@example.org"
+
+
+@pytest.mark.timeout(120)
+def test_an_oauth_provider_is_offered_only_with_an_allow_list(tmp_path: Path) -> None:
+    """OAuth needs the provider itself to sign in (not reachable offline); what can be
+    checked here: the provider is offered, and it cannot be configured to let in anyone."""
+    github = {"OAUTH_GITHUB_CLIENT_ID": "id-123", "OAUTH_GITHUB_CLIENT_SECRET": "s" * 20}
+    refused = run_rag(
+        "ui", "--port", str(free_port()), cwd=tmp_path, timeout=60,
+        RAG_MILVUS_URI=str(tmp_path / "m.db"), CHAINLIT_AUTH_SECRET="o" * 40, **github,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "RAG_UI_OAUTH_ALLOW is empty" in refused.stderr
+    extra = {**github, "RAG_UI_OAUTH_ALLOW": "@example.org", "CHAINLIT_AUTH_SECRET": "o" * 40}
+    with running_ui(tmp_path, extra) as base:
+        config = httpx.get(f"{base}/auth/config").json()
+        assert config["requireLogin"] is True and config["oauthProviders"] == ["github"]
