@@ -13,6 +13,7 @@ Speed matters on a 2-core machine, so:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.embeddings import Embeddings
 from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient
 
@@ -34,10 +36,11 @@ import rag.services
 from bench.services import wait_for_milvus
 from ingest.pipeline import FileOutcome, IngestReport, ingest_path
 from rag.config import Settings, load_settings
-from rag.embeddings import LocalMiniLMEmbeddings
+from rag.embeddings import LocalMiniLMEmbeddings, embedding_identity
 from rag.local.server import free_port
-from rag.services import Services, open_services
+from rag.services import Services, close_store, open_services
 from rag.store.lite import tolerate_lite_keepalive
+from rag.store.milvus import RagMilvus, open_store
 from tests.support.fake_openai import FakeServer, serve
 from tests.support.postgres import postgres_cluster, unavailable_reason
 
@@ -86,6 +89,48 @@ def make_settings(milvus_uri: str, collection: str, **overrides: object) -> Sett
     """Settings for a test: pinned ingestion values, no .env file, then ``overrides``."""
     values = {**PINNED_SETTINGS, **overrides}
     return load_settings(_env_file=None, milvus_uri=milvus_uri, collection=collection, **values)
+
+
+def open_local_store(settings: Settings, embeddings: Embeddings, **options: Any) -> RagMilvus:
+    """Blocking: the store on ``settings``' collection, built by the local embedding model."""
+    model, dimension = embedding_identity(settings)
+    assert dimension is not None
+    return open_store(settings, embeddings, dimension, embedding_model=model, **options)
+
+
+@contextlib.asynccontextmanager
+async def store_in_this_loop(
+    settings: Settings, embeddings: Embeddings
+) -> AsyncIterator[RagMilvus]:
+    """The store opened in the running event loop (its async client is bound to it), closed
+    after: tests in their own loops each open their own."""
+    store = await asyncio.to_thread(open_local_store, settings, embeddings)
+    try:
+        yield store
+    finally:
+        await close_store(store)
+
+
+@contextlib.asynccontextmanager
+async def filled_collection(
+    session_db: str,
+    name: str,
+    embeddings: Embeddings,
+    fill: Callable[[RagMilvus, Settings], Awaitable[object]],
+) -> AsyncIterator[Settings]:
+    """A collection of the session database written once by ``fill``; dropped after."""
+    settings = make_settings(session_db, name)
+    store = await asyncio.to_thread(open_local_store, settings, embeddings, recreate=True)
+    try:
+        await fill(store, settings)
+    finally:
+        await close_store(store)
+    yield settings
+    client = MilvusClient(uri=session_db)
+    try:
+        client.drop_collection(name)
+    finally:
+        client.close()
 
 
 def load_questions() -> list[dict[str, Any]]:

@@ -23,14 +23,12 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_milvus import Milvus
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 from pydantic import ValidationError
-from pymilvus import MilvusClient
 
 from ingest.pipeline import ingest_path
 from rag.config import Settings
-from rag.embeddings import LocalMiniLMEmbeddings, embedding_identity
+from rag.embeddings import LocalMiniLMEmbeddings
 from rag.retrieval import SCORE_KEY, PassageRetriever, SearchOptions, retrieve
-from rag.store.milvus import open_store
-from tests.conftest import make_settings, write_files
+from tests.conftest import filled_collection, store_in_this_loop, write_files
 
 COLLECTION = "retriever_docs"
 DOCS = {
@@ -50,12 +48,6 @@ PARACHUTE_QUESTION = "How often must the emergency parachute be repacked?"
 PART_NUMBER = "RK-7731"
 
 
-def _open(settings: Settings, embeddings: LocalMiniLMEmbeddings, **options: Any) -> Milvus:
-    model, dimension = embedding_identity(settings)
-    assert dimension is not None
-    return open_store(settings, embeddings, dimension, embedding_model=model, **options)
-
-
 @pytest.fixture(scope="module")
 async def collection(
     session_db: str,
@@ -63,19 +55,14 @@ async def collection(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Settings]:
     """DOCS ingested once into a collection of the session database; dropped afterwards."""
-    settings = make_settings(session_db, COLLECTION)
-    store = await asyncio.to_thread(_open, settings, local_embeddings, recreate=True)
-    folder: Path = write_files(tmp_path_factory.mktemp("retriever_docs"), DOCS)
-    report = await ingest_path(folder, store, settings)
-    assert report.ok and report.count("added") == len(DOCS), report.outcomes
-    await store.aclient.close()
-    store.client.close()
-    yield settings
-    client = MilvusClient(uri=session_db)
-    try:
-        client.drop_collection(COLLECTION)
-    finally:
-        client.close()
+
+    async def fill(store: Milvus, settings: Settings) -> None:
+        folder: Path = write_files(tmp_path_factory.mktemp("retriever_docs"), DOCS)
+        report = await ingest_path(folder, store, settings)
+        assert report.ok and report.count("added") == len(DOCS), report.outcomes
+
+    async with filled_collection(session_db, COLLECTION, local_embeddings, fill) as settings:
+        yield settings
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -83,10 +70,8 @@ async def store(
     collection: Settings, local_embeddings: LocalMiniLMEmbeddings
 ) -> AsyncIterator[Milvus]:
     """The collection opened for one test, in that test's event loop, closed after it."""
-    opened = await asyncio.to_thread(_open, collection, local_embeddings)
-    yield opened
-    await opened.aclient.close()
-    opened.client.close()
+    async with store_in_this_loop(collection, local_embeddings) as opened:
+        yield opened
 
 
 class TestPassageRetrieverStandard(RetrieversIntegrationTests):

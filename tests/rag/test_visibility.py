@@ -19,18 +19,22 @@ import pytest
 import pytest_asyncio
 from langchain_core.documents import Document
 from langchain_milvus import Milvus
-from pymilvus import MilvusClient
 
 from ingest.pipeline import ingest_path
 from rag.config import Settings
-from rag.embeddings import LocalMiniLMEmbeddings, embedding_identity
+from rag.embeddings import LocalMiniLMEmbeddings
 from rag.retrieval import PassageRetriever, SearchOptions, retrieve
 from rag.store import records
 from rag.store.catalog import list_sources, remove_sources, source_names
 from rag.store.filters import ids_expr, owned_by, source_expr
-from rag.store.milvus import open_store
 from rag.store.schema import SHARED, chunk_id, file_hash
-from tests.conftest import IngestEnv, OpenEnv, make_settings, write_files
+from tests.conftest import (
+    IngestEnv,
+    OpenEnv,
+    filled_collection,
+    store_in_this_loop,
+    write_files,
+)
 
 COLLECTION = "visibility_docs"
 WORD = "codeword"
@@ -66,12 +70,6 @@ async def _ingest_all(store: Milvus, settings: Settings, root: Path) -> None:
             assert report.ok and report.count("added") == 1, report.outcomes
 
 
-def _open(settings: Settings, embeddings: LocalMiniLMEmbeddings, **options: Any) -> Milvus:
-    model, dimension = embedding_identity(settings)
-    assert dimension is not None
-    return open_store(settings, embeddings, dimension, embedding_model=model, **options)
-
-
 @pytest.fixture(scope="module")
 async def collection(
     session_db: str,
@@ -79,17 +77,12 @@ async def collection(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Settings]:
     """Shared, alice's and bob's rows in one collection, written once for the searches."""
-    settings = make_settings(session_db, COLLECTION)
-    store = await asyncio.to_thread(_open, settings, local_embeddings, recreate=True)
-    await _ingest_all(store, settings, tmp_path_factory.mktemp("visibility"))
-    await store.aclient.close()
-    store.client.close()
-    yield settings
-    client = MilvusClient(uri=session_db)
-    try:
-        client.drop_collection(COLLECTION)
-    finally:
-        client.close()
+
+    async def fill(store: Milvus, settings: Settings) -> None:
+        await _ingest_all(store, settings, tmp_path_factory.mktemp("visibility"))
+
+    async with filled_collection(session_db, COLLECTION, local_embeddings, fill) as settings:
+        yield settings
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -97,10 +90,8 @@ async def store(
     collection: Settings, local_embeddings: LocalMiniLMEmbeddings
 ) -> AsyncIterator[Milvus]:
     """The collection opened in this test's event loop (its async client is bound to it)."""
-    opened = await asyncio.to_thread(_open, collection, local_embeddings)
-    yield opened
-    await opened.aclient.close()
-    opened.client.close()
+    async with store_in_this_loop(collection, local_embeddings) as opened:
+        yield opened
 
 
 def _seen(documents: list[Document]) -> set[tuple[str, str]]:
