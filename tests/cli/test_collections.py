@@ -18,8 +18,8 @@ import pytest
 from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient
 
-from rag.store.schema import PRIMARY_FIELD, TEXT_FIELD, VECTOR_FIELD, chunk_id, chunk_metadata
 from tests.conftest import RAG_BIN, SAMPLE_DOCS, cli_env, run_rag
+from tests.support.rows import chunk_row
 
 COPIED = ["onboarding_guide.md", "it_helpdesk_guide.txt", "price_list_2025.pdf"]
 
@@ -47,24 +47,14 @@ class Workspace:
         client = MilvusClient(uri=uri)
         try:
             rows = [
-                {
-                    PRIMARY_FIELD: chunk_id(source, "d", index, owner),
-                    TEXT_FIELD: f"chunk {index} of {owner}'s {source}",
-                    VECTOR_FIELD: [0.05] * 384,
-                    **chunk_metadata(
-                        source=source,
-                        title=source,
-                        section="",
-                        page=None,
-                        index=index,
-                        total=chunks,
-                        text=source,
-                        file_hash="d",
-                        file_size=10,
-                        ingested_at="2026-01-01T00:00:00+00:00",
-                        owner=owner,
-                    ),
-                }
+                chunk_row(
+                    source,
+                    index,
+                    chunks,
+                    vector=[0.05] * 384,
+                    owner=owner,
+                    text=f"chunk {index} of {owner}'s {source}",
+                )
                 for index in range(chunks)
             ]
             client.insert(self.env["RAG_COLLECTION"], rows)

@@ -25,8 +25,8 @@ from rag.store.catalog import (
     source_names,
 )
 from rag.store.milvus import RagMilvus, open_store
-from rag.store.schema import PRIMARY_FIELD, TEXT_FIELD, VECTOR_FIELD, chunk_id, chunk_metadata
 from tests.conftest import make_settings
+from tests.support.rows import chunk_row
 
 DIMENSION = 2
 JANUARY = "2025-01-01T00:00:00+00:00"
@@ -65,23 +65,16 @@ def write(
 ) -> None:
     """Rows ``present`` (default: all) of a ``total``-chunk version of ``source``."""
     rows = [
-        {
-            PRIMARY_FIELD: chunk_id(source, digest, index),
-            TEXT_FIELD: f"chunk {index} of {source}",
-            VECTOR_FIELD: [1.0, float(index)],
-            **chunk_metadata(
-                source=source,
-                title=source,
-                section="",
-                page=None,
-                index=index,
-                total=total,
-                text=f"{source} {index}",
-                file_hash=digest,
-                file_size=size,
-                ingested_at=at,
-            ),
-        }
+        chunk_row(
+            source,
+            index,
+            total,
+            vector=[1.0, float(index)],
+            digest=digest,
+            text=f"chunk {index} of {source}",
+            size=size,
+            at=at,
+        )
         for index in (range(total) if present is None else present)
     ]
     store.client.insert(store.collection_name, rows)

@@ -34,11 +34,10 @@ from rag.store.schema import (
     PRIMARY_FIELD,
     SHARED,
     TEXT_FIELD,
-    VECTOR_FIELD,
     chunk_id,
-    chunk_metadata,
 )
 from tests.conftest import REPO_ROOT
+from tests.support.rows import chunk_row
 
 HOSTILE = [
     'x" or source != "',
@@ -62,24 +61,10 @@ OWNERS = [SHARED, "alice", "thread:abc", 'alice" or owner != "', "bob\\", "eve\n
 
 
 def _row(source: str, digest: str = "h1", index: int = 0, owner: str = SHARED) -> dict[str, object]:
-    return {
-        PRIMARY_FIELD: chunk_id(source, digest, index),
-        TEXT_FIELD: f"chunk {index} of {source!r}",
-        VECTOR_FIELD: [1.0, 0.5],
-        **chunk_metadata(
-            source=source,
-            title="t",
-            section="",
-            page=None,
-            index=index,
-            total=2,
-            text=source,
-            file_hash=digest,
-            file_size=1,
-            ingested_at="2025-01-01T00:00:00+00:00",
-            owner=owner,
-        ),
-    }
+    return chunk_row(
+        source, index, 2, vector=[1.0, 0.5], digest=digest, owner=owner, size=1, title="t",
+        at="2025-01-01T00:00:00+00:00",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
