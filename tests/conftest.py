@@ -153,6 +153,20 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+def fake_embeddings_env(base_url: str) -> dict[str, str]:
+    """RAG_* variables that point the app's embeddings at a loopback fake endpoint."""
+    return {
+        "RAG_EMBEDDING_PROVIDER": "openai",
+        "RAG_EMBEDDING_BASE_URL": base_url,
+        "RAG_EMBEDDING_DIMENSIONS": "384",
+    }
+
+
+def fake_models_env(base_url: str) -> dict[str, str]:
+    """Embeddings and the chat model both from one loopback fake endpoint."""
+    return {**fake_embeddings_env(base_url), "RAG_LLM_BASE_URL": base_url, "RAG_LLM_MODEL": "fake"}
+
+
 def copy_samples(folder: Path, names: Iterable[str]) -> Path:
     """A fresh ``folder`` holding copies of these sample documents; returns ``folder``."""
     folder.mkdir(parents=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from milvus_lite.server_manager import server_manager_instance
 
-from tests.conftest import OpenEnv, copy_samples, run_rag, write_files
+from tests.conftest import OpenEnv, copy_samples, fake_embeddings_env, run_rag, write_files
 from tests.support.fake_openai import FakeServer
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + bytes(32)
@@ -33,14 +33,6 @@ def fake_embeddings_settings(server: FakeServer) -> dict[str, object]:
         "embedding_provider": "openai",
         "embedding_base_url": server.base_url,
         "embedding_dimensions": 384,
-    }
-
-
-def fake_embeddings_env(server: FakeServer) -> dict[str, str]:
-    return {
-        "RAG_EMBEDDING_PROVIDER": "openai",
-        "RAG_EMBEDDING_BASE_URL": server.base_url,
-        "RAG_EMBEDDING_DIMENSIONS": "384",
     }
 
 
@@ -131,7 +123,7 @@ def test_exit_code_1_when_a_file_failed(tmp_path: Path, fake_openai: FakeServer)
         str(folder),
         cwd=tmp_path,
         RAG_MILVUS_URI=str(tmp_path / "m.db"),
-        **fake_embeddings_env(fake_openai),
+        **fake_embeddings_env(fake_openai.base_url),
     )
     assert result.returncode == 1, result
     assert "failed: broken.pdf: corrupt or unreadable PDF" in result.stdout
@@ -155,7 +147,7 @@ def test_exit_code_0_when_only_skipped_and_excluded(
         "*.pdf",
         cwd=tmp_path,
         RAG_MILVUS_URI=str(tmp_path / "m.db"),
-        **fake_embeddings_env(fake_openai),
+        **fake_embeddings_env(fake_openai.base_url),
     )
     assert result.returncode == 0, result
     assert "skipped: empty.txt: no text to index" in result.stdout
@@ -182,7 +174,7 @@ def test_file_names_with_brackets_are_printed_as_they_are(
         str(folder),
         cwd=tmp_path,
         RAG_MILVUS_URI=str(tmp_path / "m.db"),
-        **fake_embeddings_env(fake_openai),
+        **fake_embeddings_env(fake_openai.base_url),
     )
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     assert result.returncode == 1, result
@@ -219,7 +211,7 @@ async def test_search_shows_markdown_links_verbatim(
         cwd=tmp_path,
         RAG_MILVUS_URI=db,
         RAG_COLLECTION="links",
-        **fake_embeddings_env(fake_openai),
+        **fake_embeddings_env(fake_openai.base_url),
     )
     assert result.returncode == 0, result.stderr
     assert "links.md" in result.stdout

@@ -25,7 +25,14 @@ from pymilvus import MilvusClient
 
 from ingest.pipeline import ingest_path
 from rag.services import open_services
-from tests.conftest import RAG_BIN, cli_env, make_settings, stop_process_group, write_files
+from tests.conftest import (
+    RAG_BIN,
+    cli_env,
+    fake_embeddings_env,
+    make_settings,
+    stop_process_group,
+    write_files,
+)
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
 
 FILES = 20
@@ -129,9 +136,7 @@ def rag_ingest(folder: Path, db: str, server: FakeServer, log: Path) -> subproce
     variables = {
         "RAG_MILVUS_URI": db,
         "RAG_COLLECTION": COLLECTION,
-        "RAG_EMBEDDING_PROVIDER": "openai",
-        "RAG_EMBEDDING_BASE_URL": server.base_url,
-        "RAG_EMBEDDING_DIMENSIONS": "384",
+        **fake_embeddings_env(server.base_url),
         **{f"RAG_{k.upper()}": str(v) for k, v in SETTINGS.items()},
     }
     with log.open("ab") as out:

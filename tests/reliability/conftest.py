@@ -25,6 +25,7 @@ from tests.conftest import (
     RAG_BIN,
     _wait_for_milvus,
     cli_env,
+    fake_embeddings_env,
     free_port,
     stop_process_group,
 )
@@ -125,9 +126,7 @@ def ingest_variables(
     return {
         "RAG_MILVUS_URI": milvus.uri,
         "RAG_COLLECTION": collection,
-        "RAG_EMBEDDING_PROVIDER": "openai",
-        "RAG_EMBEDDING_BASE_URL": server.base_url,
-        "RAG_EMBEDDING_DIMENSIONS": "384",
+        **fake_embeddings_env(server.base_url),
         **{f"RAG_{k.upper()}": str(v) for k, v in settings.items()},
     }
 

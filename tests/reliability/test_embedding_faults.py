@@ -16,7 +16,7 @@ import pytest
 import rag.embeddings
 from ingest.report import IngestReport
 from rag.errors import ModelUnavailable
-from tests.conftest import OpenEnv, RecordingReporter, run_rag, write_files
+from tests.conftest import OpenEnv, RecordingReporter, fake_embeddings_env, run_rag, write_files
 from tests.support.fake_openai import FakeServer, RecordedRequest, serve
 
 pytestmark = pytest.mark.slow
@@ -182,9 +182,7 @@ def test_a_rejected_key_stops_the_cli_in_one_line_without_printing_it(
         str(folder),
         cwd=tmp_path,
         RAG_MILVUS_URI=str(tmp_path / "m.db"),
-        RAG_EMBEDDING_PROVIDER="openai",
-        RAG_EMBEDDING_BASE_URL=endpoint.base_url,
-        RAG_EMBEDDING_DIMENSIONS="384",
+        **fake_embeddings_env(endpoint.base_url),
         RAG_EMBEDDING_API_KEY=secret,
         **{f"RAG_{k.upper()}": str(v) for k, v in SETTINGS.items()},
     )

@@ -33,7 +33,13 @@ from rag.prompts import load_prompts
 from rag.retrieval import SearchOptions, retrieve
 from rag.services import Services, open_services
 from rag.ui.uploads import UploadRejected, UploadResult, add_upload, store_upload
-from tests.conftest import make_settings, run_rag, write_files
+from tests.conftest import (
+    fake_embeddings_env,
+    fake_models_env,
+    make_settings,
+    run_rag,
+    write_files,
+)
 from tests.ingest.test_loaders import write_docx_bomb
 from tests.support.fake_openai import FakeServer, serve
 
@@ -176,11 +182,7 @@ def test_cli_ask_with_a_hostile_source_filter_finds_nothing_and_asks_no_model(
     folder = write_files(tmp_path / "docs", TRICKY)
     variables = {
         "RAG_MILVUS_URI": str(tmp_path / "m.db"),
-        "RAG_EMBEDDING_PROVIDER": "openai",
-        "RAG_EMBEDDING_BASE_URL": endpoint.base_url,
-        "RAG_EMBEDDING_DIMENSIONS": "384",
-        "RAG_LLM_BASE_URL": endpoint.base_url,
-        "RAG_LLM_MODEL": "fake",
+        **fake_models_env(endpoint.base_url),
         "RAG_RELEVANCE_FLOOR": "0.0",
     }
     ingest = run_rag("ingest", str(folder), cwd=tmp_path, **variables)
@@ -362,9 +364,7 @@ def test_cli_ingest_refuses_a_docx_zip_bomb_in_one_line_and_writes_the_rest(
         str(folder),
         cwd=tmp_path,
         RAG_MILVUS_URI=str(tmp_path / "m.db"),
-        RAG_EMBEDDING_PROVIDER="openai",
-        RAG_EMBEDDING_BASE_URL=endpoint.base_url,
-        RAG_EMBEDDING_DIMENSIONS="384",
+        **fake_embeddings_env(endpoint.base_url),
     )
     assert run.returncode == 1, run.stdout + run.stderr
     (line,) = [line for line in run.stdout.splitlines() if "bomb.docx" in line]
@@ -395,11 +395,7 @@ SECRETS = {
 def secret_variables(tmp_path: Path, endpoint: FakeServer) -> dict[str, str]:
     return {
         "RAG_MILVUS_URI": str(tmp_path / "m.db"),
-        "RAG_EMBEDDING_PROVIDER": "openai",
-        "RAG_EMBEDDING_BASE_URL": endpoint.base_url,
-        "RAG_EMBEDDING_DIMENSIONS": "384",
-        "RAG_LLM_BASE_URL": endpoint.base_url,
-        "RAG_LLM_MODEL": "fake",
+        **fake_models_env(endpoint.base_url),
         **SECRETS,
     }
 

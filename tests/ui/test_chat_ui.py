@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from rag.local.server import free_port
-from tests.conftest import write_files
+from tests.conftest import fake_embeddings_env, write_files
 from tests.support.chainlit_client import ChainlitClient, Turn
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, serve
 
@@ -91,9 +91,7 @@ def _env(root: Path, base_url: str) -> dict[str, str]:
             "COLUMNS": "200",
             "RAG_MILVUS_URI": str(root / "m.db"),
             "RAG_COLLECTION": COLLECTION,
-            "RAG_EMBEDDING_PROVIDER": "openai",
-            "RAG_EMBEDDING_BASE_URL": base_url,
-            "RAG_EMBEDDING_DIMENSIONS": "384",
+            **fake_embeddings_env(base_url),
             "RAG_LLM_BASE_URL": base_url,
             "RAG_UI_DIR": str(root / "ui"),
             "RAG_UPLOAD_DIR": str(root / "uploads"),
