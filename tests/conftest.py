@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from langchain_core.embeddings import Embeddings
 from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient
@@ -109,6 +110,15 @@ async def store_in_this_loop(
         yield store
     finally:
         await close_store(store)
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def store(
+    collection: Settings, local_embeddings: LocalMiniLMEmbeddings
+) -> AsyncIterator[RagMilvus]:
+    """The module's ``collection`` fixture opened in this test's event loop, closed after."""
+    async with store_in_this_loop(collection, local_embeddings) as opened:
+        yield opened
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,6 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-import pytest_asyncio
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
@@ -28,7 +27,7 @@ from ingest.pipeline import ingest_path
 from rag.config import Settings
 from rag.embeddings import LocalMiniLMEmbeddings
 from rag.retrieval import SCORE_KEY, PassageRetriever, SearchOptions, retrieve
-from tests.conftest import filled_collection, store_in_this_loop, write_files
+from tests.conftest import filled_collection, write_files
 
 COLLECTION = "retriever_docs"
 DOCS = {
@@ -63,15 +62,6 @@ async def collection(
 
     async with filled_collection(session_db, COLLECTION, local_embeddings, fill) as settings:
         yield settings
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def store(
-    collection: Settings, local_embeddings: LocalMiniLMEmbeddings
-) -> AsyncIterator[Milvus]:
-    """The collection opened for one test, in that test's event loop, closed after it."""
-    async with store_in_this_loop(collection, local_embeddings) as opened:
-        yield opened
 
 
 class TestPassageRetrieverStandard(RetrieversIntegrationTests):

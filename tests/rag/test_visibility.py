@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from langchain_core.documents import Document
 from langchain_milvus import Milvus
 
@@ -32,7 +31,6 @@ from tests.conftest import (
     IngestEnv,
     OpenEnv,
     filled_collection,
-    store_in_this_loop,
     write_files,
 )
 
@@ -83,15 +81,6 @@ async def collection(
 
     async with filled_collection(session_db, COLLECTION, local_embeddings, fill) as settings:
         yield settings
-
-
-@pytest_asyncio.fixture(loop_scope="function")
-async def store(
-    collection: Settings, local_embeddings: LocalMiniLMEmbeddings
-) -> AsyncIterator[Milvus]:
-    """The collection opened in this test's event loop (its async client is bound to it)."""
-    async with store_in_this_loop(collection, local_embeddings) as opened:
-        yield opened
 
 
 def _seen(documents: list[Document]) -> set[tuple[str, str]]:
