@@ -7,7 +7,6 @@ them as a rich bar on a terminal and one plain line per event elsewhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal, Protocol
 
 from rich.console import Console
@@ -96,12 +95,7 @@ class ConsoleReporter:
         self._progress.start()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
 
     def files_found(self, total: int) -> None:

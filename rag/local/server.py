@@ -29,7 +29,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from rag.errors import ModelUnavailable
 from rag.local.child_guard import spawn_guarded
@@ -180,10 +179,5 @@ class LocalLLMServer:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

@@ -23,8 +23,6 @@ import sys
 import sysconfig
 import time
 import tomllib
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,26 +32,18 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from rag.local.server import free_port
-from tests.conftest import stop_process_group, write_files
+from tests.conftest import write_files
 from tests.support.chainlit_client import ChainlitClient
+from tests.support.docs import FALCON, FALCON_Q, TALLINN
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, serve
+from tests.support.ui_process import running_ui
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180  # seconds for one command: a build, an install, an ingest, an answer
-DOCS = {
-    "falcon.txt": (
-        "The launch code for Project Falcon is ZX-4471. "
-        "The security office rotates it at the start of every quarter.\n"
-    ),
-    "tallinn.txt": (
-        "The wifi password of the Tallinn office is kelp-harbor-93. "
-        "Guests get a separate network at the front desk.\n"
-    ),
-}
-QUESTION = "What is the launch code for Project Falcon?"
+DOCS = {"falcon.txt": FALCON, "tallinn.txt": TALLINN}
+QUESTION = FALCON_Q
 REPLY = "The launch code for Project Falcon is ZX-4471, rotated every quarter [1]."
 # What the wheel must carry besides modules, as (path in the wheel, file in the checkout).
 PACKAGE_DATA = [
@@ -298,20 +288,6 @@ def test_ask_streams_an_answer_that_cites_its_source(venv: Venv, corpus: Corpus)
     assert system == (REPO_ROOT / "prompts" / "answer_system.md").read_text(encoding="utf-8")
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"`rag ui` exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {TIMEOUT} s:\n{log.read_text()}")
-
-
 @dataclass(frozen=True)
 class ChatUI:
     url: str
@@ -321,29 +297,15 @@ class ChatUI:
 @pytest.fixture
 def chat_ui(venv: Venv, corpus: Corpus) -> Iterator[ChatUI]:
     """`rag ui` of the installed wheel on a free port, until the test ends."""
-    port, app_root, log = free_port(), venv.cwd / "ui", venv.cwd / "ui.log"
+    app_root, log = venv.cwd / "ui", venv.cwd / "ui.log"
     env = venv.env(
         RAG_MILVUS_URI=str(corpus.db),
         RAG_LLM_BASE_URL=corpus.base_url,
         RAG_LLM_MODEL="fake",
         RAG_UI_DIR=str(app_root),
     )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(venv.rag), "ui", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=venv.cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/", process, log)
+    with running_ui(cwd=venv.cwd, env=env, log=log, rag=venv.rag, timeout=TIMEOUT) as url:
         yield ChatUI(url, app_root)
-    finally:
-        stop_process_group(process)
 
 
 async def test_ui_serves_the_packaged_chat_and_answers(chat_ui: ChatUI, corpus: Corpus) -> None:
@@ -358,9 +320,14 @@ async def test_ui_serves_the_packaged_chat_and_answers(chat_ui: ChatUI, corpus: 
 
     assert REPLY in str(turn.answer["output"]), turn.summary()
     assert len(turn.tokens()) > 3, "the answer streams"
-    # The app root was made from the packaged template and Chainlit config.
-    config = (REPO_ROOT / ".chainlit" / "config.toml").read_bytes()
-    assert (chat_ui.app_root / ".chainlit" / "config.toml").read_bytes() == config
+    # The app root was made from the packaged template and Chainlit config, set for the
+    # address this UI serves (its origins) and the upload limit.
+    template_config = tomllib.loads((REPO_ROOT / ".chainlit" / "config.toml").read_text())
+    written = tomllib.loads((chat_ui.app_root / ".chainlit" / "config.toml").read_text())
+    assert chat_ui.url in written["project"].pop("allow_origins")
+    template_config["project"].pop("allow_origins")
+    assert written["project"] == template_config["project"]
+    assert written["UI"] == template_config["UI"]
     template = (REPO_ROOT / "chainlit.md").read_text(encoding="utf-8").rstrip()
     welcome = (chat_ui.app_root / "chainlit.md").read_text(encoding="utf-8")
     assert welcome.startswith(template) and "falcon.txt" in welcome, welcome

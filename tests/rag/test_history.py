@@ -22,18 +22,17 @@ from typing import Any
 
 import pytest
 
+from rag.local.server import free_port
 from tests.conftest import MILVUS_LITE_BIN, _wait_for_milvus, stop_process_group
 from tests.support.chainlit_client import ChainlitClient, Turn, login
 from tests.support.fake_openai import FakeOpenAI, FakeServer, serve
+from tests.support.ui_process import start_ui, stop_group, wait_http
 from tests.ui.test_chat_ui import (
     DOCS,
     FALCON_Q,
     OLGA_Q,
     RAG_BIN,
     _env,
-    _free_port,
-    _stop_group,
-    _wait_http,
 )
 
 pytestmark = pytest.mark.slow
@@ -73,20 +72,15 @@ def _uis(root: Path, env: dict[str, str], count: int = 1) -> Iterator[list[str]]
     started = []
     try:
         for _ in range(count):
-            port, log = _free_port(), root / f"ui-{time.monotonic_ns()}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
-                    cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                )  # fmt: skip
+            port, log = free_port(), root / f"ui-{time.monotonic_ns()}.log"
+            process = start_ui(cwd=root, env=env, log=log, port=port)
             started.append((f"http://127.0.0.1:{port}", process, log))
         for url, process, log in started:
-            _wait_http(f"{url}/auth/config", process, log, timeout=60)
+            wait_http(f"{url}/auth/config", process, log, timeout=60)
         yield [url for url, _, _ in started]
     finally:
         for _, process, _ in started:
-            _stop_group(process)
+            stop_group(process)
 
 
 async def _client(url: str, user: str, thread_id: str = "") -> ChainlitClient:
@@ -254,7 +248,7 @@ async def test_two_uis_share_one_postgresql_history(
 async def test_milvus_down_at_start_is_reported_and_the_chat_recovers(
     tmp_path: Path, fake: FakeServer
 ) -> None:
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = _env(tmp_path, fake.base_url) | {
         "RAG_MILVUS_URI": uri,

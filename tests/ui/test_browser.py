@@ -39,6 +39,7 @@ import pytest
 from rag.local.models import DEFAULT_MODEL, is_installed
 from rag.ui.welcome import load_starters
 from tests.conftest import write_files
+from tests.support.docs import DOCS, FALCON_Q, TALLINN_Q
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, default_reply, serve
 from tests.ui.test_chat_ui import ChatUI, _env, ingested_ui
 
@@ -69,23 +70,6 @@ PADDING = (
     " The passage quoted above is the only one in the collection that mentions this, "
     "and nothing else in the documents contradicts it."
 )
-DOCS = {
-    "falcon.txt": (
-        "The launch code for Project Falcon is ZX-4471. "
-        "The security office rotates it at the start of every quarter.\n"
-    ),
-    "tallinn.txt": (
-        "The wifi password of the Tallinn office is kelp-harbor-93. "
-        "Guests get a separate network at the front desk.\n"
-    ),
-    # A third document, so that the default top-k (4) retrieves more than the 2 of the test.
-    "kitchen/olga.md": (
-        "The secret ingredient in Grandma Olga's borscht is smoked plums. "
-        "She adds them just before the soup boils.\n"
-    ),
-}
-FALCON_Q = "What is the launch code for Project Falcon?"
-TALLINN_Q = "What is the wifi password of the Tallinn office?"
 ANSWER = '[data-step-type="assistant_message"]'
 RETRIEVAL = '[data-step-type="retrieval"]'
 TIMEOUT_MS = 30_000

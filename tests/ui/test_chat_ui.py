@@ -15,12 +15,7 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,38 +23,18 @@ from typing import Any
 
 import pytest
 
-from rag.local.server import free_port
 from tests.conftest import fake_embeddings_env, write_files
 from tests.support.chainlit_client import ChainlitClient, Turn
+from tests.support.docs import DOCS, FALCON_Q, OLGA_Q, TALLINN_Q
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, serve
-
-_free_port = free_port  # tests/rag/test_history.py still imports this name
+from tests.support.ui_process import RAG_BIN, running_ui
 
 pytestmark = pytest.mark.slow
 
-RAG_BIN = Path(sys.executable).parent / "rag"
 COLLECTION = "chat_ui"
 # Given only in a .env file in the folder `rag ui` is started from, as a user would.
 DOTENV = {"RAG_LLM_MODEL": "fake-from-dotenv", "RAG_TOP_K": "3"}
 TOKEN_DELAY = 0.03  # seconds between streamed chunks: slow enough to see a stream, still quick
-
-DOCS = {
-    "falcon.txt": (
-        "The launch code for Project Falcon is ZX-4471. "
-        "The security office rotates it at the start of every quarter.\n"
-    ),
-    "kitchen/olga.md": (
-        "The secret ingredient in Grandma Olga's borscht is smoked plums. "
-        "She adds them just before the soup boils.\n"
-    ),
-    "tallinn.txt": (
-        "The wifi password of the Tallinn office is kelp-harbor-93. "
-        "Guests get a separate network at the front desk.\n"
-    ),
-}
-FALCON_Q = "What is the launch code for Project Falcon?"
-OLGA_Q = "What is the secret ingredient in Grandma Olga's borscht?"
-TALLINN_Q = "What is the wifi password of the Tallinn office?"
 
 
 @dataclass(frozen=True)
@@ -100,38 +75,6 @@ def _env(root: Path, base_url: str) -> dict[str, str]:
     return env
 
 
-def _stop_group(process: subprocess.Popen[bytes], grace: float = 10) -> None:
-    """SIGTERM the process group started with start_new_session=True, then SIGKILL leftovers."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=grace)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # `rag ui`'s chainlit child, if still there
-    if process.poll() is None:
-        process.wait(timeout=grace)
-
-
-def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"`rag ui` exited with {process.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as error:
-            last = error
-        time.sleep(0.2)
-    tail = log.read_text(errors="replace")[-3000:]
-    raise TimeoutError(f"{url} did not answer within {timeout}s ({last}):\n{tail}")
-
-
 @contextlib.contextmanager
 def ingested_ui(
     docs: Path, cwd: Path, root: Path, env: dict[str, str], start_timeout: float = 30
@@ -152,24 +95,9 @@ def ingested_ui(
         check=False,
     )
     assert ingest.returncode == 0, f"rag ingest failed:\n{ingest.stdout}\n{ingest.stderr}"
-    port = free_port()
     log = root / "ui.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/", process, log, timeout=start_timeout)
+    with running_ui(cwd=cwd, env=env, log=log, timeout=start_timeout) as url:
         yield url, log
-    finally:
-        _stop_group(process)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +14,11 @@ import pytest
 from rag.auth import hash_password
 from rag.local.server import free_port
 from tests.conftest import run_rag
-from tests.ui.test_chat_ui import RAG_BIN, _stop_group, _wait_http
+from tests.support.ui_process import running_ui as start_ui_at
 
 
 @contextlib.contextmanager
 def running_ui(tmp_path: Path, extra: dict[str, str]) -> Iterator[str]:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "CHAINLIT_"))}
     env |= {
         "RAG_MILVUS_URI": str(tmp_path / "m.db"),
@@ -31,17 +29,8 @@ def running_ui(tmp_path: Path, extra: dict[str, str]) -> Iterator[str]:
         **extra,
     }
     log = tmp_path / "ui.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(RAG_BIN), "ui", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{base}/auth/config", process, log, timeout=60)
+    with start_ui_at(cwd=tmp_path, env=env, log=log, ready="/auth/config") as base:
         yield base
-    finally:
-        _stop_group(process)
 
 
 @pytest.mark.timeout(120)
