@@ -71,6 +71,7 @@ from ingest.pipeline import WRITERS, Pipeline, _Batch, ingest_path
 from ingest.split import Splitter
 from rag.config import Settings, load_settings
 from rag.services import Services, open_services
+from rag.store.schema import chunk_metadata
 
 CHUNKS_PER_FILE = 20
 REMOTE_CONCURRENCY = 8
@@ -194,12 +195,22 @@ class PrepareOnly(Pipeline):
 
 def metadata_rows(count: int) -> tuple[list[dict[str, object]], list[str]]:
     """Metadata shaped like the pipeline's (same fields) for the writes-alone stage."""
-    meta: dict[str, object] = {
-        "source": "bench.txt", "title": "bench", "section": "", "page": 0,
-        "chunk_count": count, "content_hash": "x" * 16, "file_hash": "y" * 16,
-        "file_size": 1, "ingested_at": "now",
-    }  # fmt: skip
-    return [meta | {"chunk_index": i} for i in range(count)], [f"p{i}" for i in range(count)]
+    rows = [
+        chunk_metadata(
+            source="bench.txt",
+            title="bench",
+            section="",
+            page=None,
+            index=i,
+            total=count,
+            text="x",
+            file_hash="y" * 16,
+            file_size=1,
+            ingested_at="now",
+        )
+        for i in range(count)
+    ]
+    return rows, [f"p{i}" for i in range(count)]
 
 
 def peak_rss_reset() -> None:

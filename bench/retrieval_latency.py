@@ -26,6 +26,7 @@ from rag.config import load_settings
 from rag.embeddings import LOCAL_MODEL_NAME as MODEL
 from rag.embeddings import LocalMiniLMEmbeddings
 from rag.store.milvus import open_store
+from rag.store.schema import chunk_metadata
 
 DIM = 384
 QUERIES = 50
@@ -48,13 +49,10 @@ async def measure(size: int) -> dict[str, float | str]:
             open_store, settings, LocalMiniLMEmbeddings(), DIM, embedding_model=MODEL
         )
         rng = np.random.default_rng(size)
-        text_fields = ("source", "title", "section", "content_hash", "file_hash", "ingested_at")
-        meta = dict.fromkeys(text_fields, "x") | {
-            "page": 0,
-            "chunk_index": 0,
-            "chunk_count": 1,
-            "file_size": 1,
-        }
+        meta = chunk_metadata(
+            source="x", title="x", section="x", page=None, index=0, total=1, text="x",
+            file_hash="x", file_size=1, ingested_at="x",
+        )  # fmt: skip
         for start in range(0, size, 5000):
             vectors = rng.normal(size=(min(5000, size - start), DIM)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
