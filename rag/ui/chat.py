@@ -55,7 +55,7 @@ from rag.errors import ConfigError, RagError
 from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
 from rag.retrieval import Hit, SearchOptions
 from rag.store.schema import SHARED
-from rag.ui.uploads import add_upload
+from rag.ui.uploads import add_upload, display_name
 from rag.ui.welcome import (
     describe_search,
     load_starters,
@@ -444,8 +444,14 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
     await send_settings(helper)
 
 
+def _label(hit: Hit) -> str:
+    """A hit as the chat names it: uploads by the name they were given (`display_name`)."""
+    name = display_name(hit.source)
+    return f"{name}, page {hit.page}" if hit.page else name
+
+
 def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
-    names = [f"[{n}] {hit.label()}" for n, hit in enumerate(hits, 1)]
+    names = [f"[{n}] {_label(hit)}" for n, hit in enumerate(hits, 1)]
     elements = [
         cl.Text(name=name, content=hit.document.page_content, display="side")
         for name, hit in zip(names, hits, strict=True)
@@ -504,7 +510,7 @@ async def _message(message: cl.Message) -> None:
                     step.input = event.question
                 elif isinstance(event, Retrieved):
                     rows = [
-                        f"{n}. {h.label()} — score {h.score:.3f}"
+                        f"{n}. {_label(h)} — score {h.score:.3f}"
                         for n, h in enumerate(event.hits, 1)
                     ]
                     step.output = (

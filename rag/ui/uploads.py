@@ -76,6 +76,20 @@ def safe_name(name: str) -> str:
     return f"{stem}.{suffix.lower()}" if suffix else stem
 
 
+# uploads/<owner folder: 16 hex>/<content digest: 12 hex>-<name>, as add_upload stores them.
+_STORED_UPLOAD = re.compile(r"^uploads/[0-9a-f]{16}/[0-9a-f]{12}-(?P<name>.+)$")
+
+
+def display_name(source: str) -> str:
+    """How the chat names a source: an upload by the name it was given, marked as one.
+
+    The stored name keeps owners and versions apart (uploads/<owner>/<digest>-<name>); the
+    person who uploaded ``heron.txt`` should read "heron.txt (uploaded)", not the digests.
+    """
+    found = _STORED_UPLOAD.match(source)
+    return f"{found['name']} (uploaded)" if found else source
+
+
 def owner_folder(owner: str) -> str:
     """The folder of one owner's uploads: a hash of the key, so no user text is in a path."""
     return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:OWNER_DIR_CHARS]

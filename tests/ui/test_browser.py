@@ -472,12 +472,15 @@ def test_uploaded_file_is_ingested_then_cited(app: ChatUI, page: Page, tmp_path:
     page.locator("#message-composer").get_by_text("heron.txt").wait_for()
     ask(page, "How far does the Heron QX-9 drone fly?")
     text = answer_with(page, "Sources", timeout=60).inner_text()
-    # stored as this chat's own: in its owner's folder, named after its content
-    cited = re.search(r"\[1\] uploads/([0-9a-f]{16}/[0-9a-f]{12}-heron\.txt)", text.lower())
-    assert "42 kilometres" in text and cited, text
+    # shown by its own name; stored as this chat's own: in its owner's folder, named after
+    # its content
+    assert "42 kilometres" in text and "[1] heron.txt (uploaded)" in text.lower(), text
+    (stored,) = (app.root / "uploads").glob("*/*-heron.txt")
+    assert re.fullmatch(
+        r"[0-9a-f]{16}/[0-9a-f]{12}-heron\.txt", f"{stored.parent.name}/{stored.name}"
+    )
     report = answer_with(page, "✅ heron.txt").inner_text()
     assert re.search(r"✅ heron\.txt: [1-9]\d* passages? added", report), report
-    assert (app.root / "uploads" / cited.group(1)).is_file()
     screenshot(page, "upload.png", tmp_path)
 
 

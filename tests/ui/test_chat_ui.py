@@ -327,11 +327,15 @@ async def test_uploaded_file_is_ingested_then_answered_from(chat_ui: ChatUI) -> 
         report, _answer = turn.assistant_messages()[:2]
         assert report["output"].startswith("✅ heron.txt"), trace
         assert "42 kilometres" in _answer_text(turn), trace
-        # stored as this chat's: in its owner's folder, named after its content
-        name = turn.elements()[0]["name"]
-        match = re.fullmatch(r"\[1\] uploads/([0-9a-f]{16}/[0-9a-f]{12}-heron\.txt)", name)
-        assert match, name
-        assert (chat_ui.root / "uploads" / match.group(1)).is_file()
+        # shown by its own name; stored as this chat's: in its owner's folder, named after
+        # its content
+        assert turn.elements()[0]["name"] == "[1] heron.txt (uploaded)", turn.summary()
+        stored = list((chat_ui.root / "uploads").glob("*/*-heron.txt"))
+        assert [p.relative_to(chat_ui.root / "uploads").as_posix() for p in stored], stored
+        assert all(
+            re.fullmatch(r"[0-9a-f]{16}/[0-9a-f]{12}-heron\.txt", p.parent.name + "/" + p.name)
+            for p in stored
+        ), stored
     finally:
         await client.close()
 

@@ -21,6 +21,7 @@ from rag.ui.uploads import (
     UploadRejected,
     UploadResult,
     add_upload,
+    display_name,
     owner_folder,
     safe_name,
     store_upload,
@@ -213,3 +214,11 @@ async def test_twenty_concurrent_uploads_from_two_owners_all_keep_their_rows(
     assert all(i.complete and i.chunks >= 1 for i in infos), infos
     assert await uploads_env.count() == sum(i.chunks for i in infos)
     assert len(_files(tmp_path)) == 14
+
+
+def test_uploads_are_shown_by_the_name_they_were_given() -> None:
+    assert display_name("uploads/0123456789abcdef/0123456789ab-heron.txt") == (
+        "heron.txt (uploaded)"
+    )
+    assert display_name("manuals/heron.txt") == "manuals/heron.txt"
+    assert display_name("uploads/heron.txt") == "uploads/heron.txt"  # not one of ours
