@@ -15,6 +15,10 @@ every call to Milvus or the embedding API goes through ``ingest.retry``.
 Every row a run writes records the run's ``owner`` (shared for a folder, one owner key for
 a chat upload), and every clean-up it makes (old versions, leftovers of an interrupted
 run, files gone from the folder, a retried insert's keys) is limited to that owner's rows.
+
+A run given a ``shard`` (``ingest.shard``: one of N workers on the same folder and the same
+Milvus server) prepares only the files whose names hash to it and removes only the missing
+sources that do; the N runs together write exactly what one run over the folder would.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ingest.loaders import LoadedFile, LoadError, load
 from ingest.plan import UPLOADS_PREFIX, FilePlan, Planner, Scope
 from ingest.report import FileOutcome, IngestReport, Reporter, SilentReporter, Status
 from ingest.retry import RATE_LIMIT_PATIENCE, Retrier, RetryPolicy, quiet_milvus_client
+from ingest.shard import Shard
 from ingest.split import Chunk, Splitter
 from rag.store import catalog, records
 from rag.store.filters import ids_expr, source_expr
@@ -161,6 +166,7 @@ class Pipeline:
         keep_missing: bool = False,
         owner: str = SHARED,
         source_prefix: str = "",
+        shard: Shard | None = None,
         retry_attempts: int = 5,
         retry_max_wait: float = 8.0,
         rate_limit_patience: float = RATE_LIMIT_PATIENCE,
@@ -171,7 +177,7 @@ class Pipeline:
         self.include, self.exclude = include, exclude
         self.keep_missing = keep_missing
         self.owner = owner
-        self.scope = Scope(source_prefix, include, exclude)
+        self.scope = Scope(source_prefix, include, exclude, shard)
         self._retry = Retrier(
             RetryPolicy(retry_attempts, retry_max_wait, rate_limit_patience),
             settings,
@@ -196,17 +202,23 @@ class Pipeline:
         started = time.perf_counter()
         _base, walk = await asyncio.to_thread(discover, root, self.include, self.exclude)
         single_file = await asyncio.to_thread(is_single_file, root)
-        found = [
+        folder = [
             FoundFile(f.path, self.scope.prefix + f.source)
             for f in await asyncio.to_thread(list, walk)
         ]
+        found = [f for f in folder if self.scope.owns(f.source)]
+        if self.scope.shard is not None:
+            share = f"{len(found)} of the folder's {len(folder)} files"
+            self.reporter.note("(shard)", f"shard {self.scope.shard} takes {share}")
         self.reporter.files_found(len(found))
         self.planner = await Planner.start(
             self.store, self._retry, whole_folder=not single_file, owner=self.owner
         )
         await self._stages(found)
         if not self.keep_missing and not single_file:
-            await self._remove_missing({f.source for f in found})
+            # The whole folder, not this shard's part: a source is missing only when the
+            # folder lacks it, and an empty folder (not an empty shard) removes nothing.
+            await self._remove_missing({f.source for f in folder})
         await self._flush()
         self.report.seconds = time.perf_counter() - started
         return self.report

@@ -6,7 +6,8 @@ discovered file is skipped when complete, written when new, and, when another ve
 stored, written beside it with the old rows dropped only once the new ones are all in (a
 crash mid-update leaves the file searchable). Rows of this same version left by an
 interrupted run are cleared first and the version is written whole. Sources the folder no
-longer has are removed, within the run's scope only.
+longer has are removed, within the run's scope only; for one of several workers
+(``ingest.shard``) that scope is its own partition, so no worker removes another's files.
 
 A run writes for one owner (``rag.store.schema``: shared for a folder, one owner key for
 a chat upload) and every query and clean-up here is limited to that owner's rows, so
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ingest.discover import wanted
+from ingest.shard import Shard
 from rag.store import catalog, records
 from rag.store.filters import source_expr, version_expr
 from rag.store.records import StoredFile
@@ -79,14 +81,22 @@ class Scope:
 
     Sources under its prefix that its include/exclude globs select (``--include "*.pdf"``
     must not remove the Markdown files), and never files added through the chat (under
-    ``uploads/``) from a folder run.
+    ``uploads/``) from a folder run. A worker given a ``shard`` answers for the sources
+    whose names hash to it, whether the folder still has them or not.
     """
 
     prefix: str = ""
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
+    shard: Shard | None = None
+
+    def owns(self, source: str) -> bool:
+        """In this worker's partition (every source is, without a shard)."""
+        return self.shard is None or self.shard.owns(source)
 
     def covers(self, source: str) -> bool:
+        if not self.owns(source):
+            return False
         if not source.startswith(self.prefix):
             return False
         if not self.prefix and source.startswith(UPLOADS_PREFIX):

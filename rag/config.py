@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, gt=0, le=4096, description="Chunks per request/insert.")
     concurrency: int = Field(4, gt=0, le=64, description="Embedding requests in flight.")
     max_file_mb: float = Field(200.0, gt=0, description="Larger files are refused.")
+    # Parsed by `rag ingest` (ingest/shard.py), which names this variable in its errors.
+    ingest_shard: str | None = Field(
+        None,
+        description="K/N: this worker ingests the K-th of N hash partitions of the folder "
+        "(1-based; the N workers share one Milvus server).",
+    )
+    ingest_shard_count: int | None = Field(
+        None, ge=1, description="N for a Kubernetes Indexed Job (its JOB_COMPLETION_INDEX is K-1)."
+    )
 
     # --- retrieval --------------------------------------------------------
     top_k: int = Field(4, gt=0, le=50, description="Passages given to the LLM.")
