@@ -17,6 +17,7 @@ from bench.report import RESULTS, load_json
 PARTS = [
     "bench.study",
     "bench.ingest_scale",
+    "bench.ingest_workers",
     "bench.serving",
     "bench.retrieval_latency",
     "bench.quality",
