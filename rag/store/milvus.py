@@ -221,8 +221,14 @@ def ensure_collection(
     if recreate and client.has_collection(name):
         client.drop_collection(name)
     if not client.has_collection(name):
-        _create_collection(client, name, identity)
-        return identity
+        try:
+            _create_collection(client, name, identity)
+            return identity
+        except MilvusException:
+            # Workers started together (`rag ingest --shard`) race to create it: one wins,
+            # the others find it made and check its identity like any existing collection.
+            if not client.has_collection(name):
+                raise
     found = read_identity(client, name)
     if found is None:
         raise EmbeddingMismatch(
