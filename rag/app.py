@@ -4,14 +4,19 @@ When no LLM endpoint is configured, the bundled local model is started as a chil
 process for as long as the chain is open, so `rag ask` works offline with no key.
 ``open_assistant`` closes everything it opened when its block ends: the chat model's
 connection pool, the store's Milvus clients, the embeddings' pools and the local server.
+
+One Assistant answers from any collection on the configured Milvus (the chat's collection
+choice, the HTTP API's models): `Assistant.chain_for` opens a store on another collection
+once, sharing the chat model and the embeddings, and keeps it until `aclose`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from langchain_openai import ChatOpenAI
 
@@ -19,13 +24,17 @@ from rag.answer.policy import answer_policy
 from rag.chain import OutsideServices, RagChain
 from rag.config import Settings
 from rag.embeddings import embedding_service
+from rag.errors import CollectionNotFound
 from rag.llm import build_chat_model, chat_service, close_chat_model
 from rag.local.models import MODELS
 from rag.local.server import LocalLLMServer
 from rag.prompts import load_prompts
 from rag.retrieval import SearchOptions, search_options
-from rag.services import Services, open_services
-from rag.store.milvus import milvus_service
+from rag.services import Services, close_store, open_collection, open_services, resolve_dimension
+from rag.store.milvus import CollectionInfo, list_collections, milvus_service
+
+if TYPE_CHECKING:
+    from langchain_milvus import Milvus
 
 
 @dataclass
@@ -35,15 +44,64 @@ class Assistant:
     llm_label: str
     tiny: bool = False  # the bundled 135M model answers: the chat says so under each answer
     llm: ChatOpenAI | None = None  # the chat model, whose connection pool `aclose` closes
+    # How a chain is built over another store (set by `build_chain`; same model, prompts).
+    make_chain: Callable[[Milvus], RagChain] | None = None
+    _chains: dict[str, RagChain] = field(default_factory=dict, repr=False)
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @property
+    def collection(self) -> str:
+        """The configured collection, the one `chain` answers from."""
+        return self.chain.store.collection_name
 
     def default_options(self) -> SearchOptions:
         return search_options(self.services.settings)
 
+    async def collections(self) -> list[CollectionInfo]:
+        """Every collection on the configured Milvus with its row count (a blocking scan
+        of the server's list, run off the event loop)."""
+        return await asyncio.to_thread(list_collections, self.services.settings)
+
+    async def chain_for(self, collection: str | None = None) -> RagChain:
+        """The chain answering from ``collection`` (None: the configured one).
+
+        A collection that does not exist raises `CollectionNotFound` instead of being
+        created: a chat or an API caller naming a collection must never make an empty
+        one. Opening checks it was built by this embedding model (`open_store`), so a
+        collection of another model fails here with its one-line reason, not as a search.
+        """
+        name = collection or self.collection
+        if name == self.collection:
+            return self.chain
+        if (chain := self._chains.get(name)) is not None:
+            return chain
+        async with self._opening:  # two chats choosing one collection open it once
+            if (chain := self._chains.get(name)) is not None:
+                return chain
+            main = self.services.store
+            if self.make_chain is None or not await asyncio.to_thread(
+                main.client.has_collection, name
+            ):
+                raise CollectionNotFound(f"no collection named {name!r} (see `rag collections`)")
+            settings = self.services.settings
+            dimension = await resolve_dimension(settings, self.services.embeddings)
+            store = await open_collection(
+                settings, self.services.embeddings, dimension, collection=name
+            )
+            chain = self._chains[name] = self.make_chain(store)
+            return chain
+
     async def aclose(self) -> None:
-        """Close the chat model's connection pool; the services belong to whoever opened
-        them (`open_assistant` closes its own, a test may share one across chains)."""
-        if self.llm is not None:
-            await close_chat_model(self.llm)
+        """Close the chat model's connection pool and the stores `chain_for` opened; the
+        services belong to whoever opened them (`open_assistant` closes its own, a test
+        may share one across chains)."""
+        chains, self._chains = self._chains, {}
+        try:
+            for chain in chains.values():
+                await close_store(chain.store)
+        finally:
+            if self.llm is not None:
+                await close_chat_model(self.llm)
 
 
 def describe_model(model: str, where: str) -> str:
@@ -64,20 +122,24 @@ def build_chain(services: Services, base_url: str | None, model: str) -> Assista
     tiny = bool(bundled and bundled.tiny)
     llm = build_chat_model(settings, base_url=base_url, bundled=bundled is not None, tiny=tiny)
     where = base_url or "the OpenAI API"
-    chain = RagChain(
-        services.store,
-        llm,
-        load_prompts(),
-        relevance_floor=settings.relevance_floor,
-        llm_name=where,
-        policy=answer_policy(settings, bundled=bundled is not None),
-        services=OutsideServices(
-            chat_service(settings, base_url),
-            embedding_service(settings),
-            milvus_service(settings),
-        ),
+    outside = OutsideServices(
+        chat_service(settings, base_url), embedding_service(settings), milvus_service(settings)
     )
-    return Assistant(chain, services, describe_model(model, where), tiny, llm)
+    policy = answer_policy(settings, bundled=bundled is not None)
+
+    def make_chain(store: Milvus) -> RagChain:
+        return RagChain(
+            store,
+            llm,
+            load_prompts(),
+            relevance_floor=settings.relevance_floor,
+            llm_name=where,
+            policy=policy,
+            services=outside,
+        )
+
+    chain = make_chain(services.store)
+    return Assistant(chain, services, describe_model(model, where), tiny, llm, make_chain)
 
 
 @asynccontextmanager

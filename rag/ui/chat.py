@@ -37,6 +37,7 @@ from chainlit.input_widget import InputWidget, Select, Slider, Switch
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
+from ingest.uploads import add_upload, display_name
 from rag.app import Assistant, open_assistant
 from rag.auth import (
     AUTH_SECRET_VARIABLE,
@@ -55,7 +56,6 @@ from rag.errors import ConfigError, RagError
 from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
 from rag.retrieval import Hit, SearchOptions
 from rag.store.schema import SHARED
-from rag.ui.uploads import add_upload, display_name
 from rag.ui.welcome import (
     describe_search,
     load_starters,
@@ -418,7 +418,7 @@ async def _settings(values: dict[str, Any]) -> None:
 
 
 async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
-    """Each dropped file becomes this session's owner's (`rag.ui.uploads.add_upload`)."""
+    """Each dropped file becomes this session's owner's (`ingest.uploads.add_upload`)."""
     owner = _viewer()
     async with cl.Step(name="Adding your files", type="tool") as step:
         lines = [

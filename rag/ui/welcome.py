@@ -9,7 +9,7 @@ The template and the Chainlit config ship inside ``rag.ui`` (symlinks onto ``cha
 and ``.chainlit/config.toml`` at the top of the repository, plain files in a wheel) and are
 read with ``importlib.resources``, so an installed wheel needs no source tree. The copy in
 the runtime folder gets this deployment's values: the upload limit (one number for the
-browser, Chainlit's upload route and `rag.ui.uploads`) and the origins a browser may load
+browser, Chainlit's upload route and `ingest.uploads`) and the origins a browser may load
 the chat from (the UI's own address; Chainlit's own default is any site at all).
 """
 
@@ -107,7 +107,7 @@ def chainlit_config(template: str, *, origins: Sequence[str], max_size_mb: int) 
 
 def chainlit_upload_mb(upload_max_mb: float) -> int:
     """Chainlit's ``max_size_mb`` (a whole number) for RAG_UPLOAD_MAX_MB: rounded up, so the
-    browser never refuses a file the server takes; `rag.ui.uploads` checks the exact one."""
+    browser never refuses a file the server takes; `ingest.uploads` checks the exact one."""
     return max(1, math.ceil(upload_max_mb))
 
 
@@ -120,7 +120,7 @@ def prepare_app_root(
     """Blocking: make the runtime Chainlit folder with our config and the welcome template.
 
     ``upload_max_mb`` defaults to RAG_UPLOAD_MAX_MB, ``origins`` to `ui_origins()`. Chainlit
-    takes whole megabytes: a fractional limit is rounded up for it, and `rag.ui.uploads`
+    takes whole megabytes: a fractional limit is rounded up for it, and `ingest.uploads`
     applies the exact one.
     """
     if upload_max_mb is None:

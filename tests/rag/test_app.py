@@ -18,7 +18,7 @@ from pymilvus import MilvusException
 from ingest.pipeline import ingest_path
 from rag.app import open_assistant
 from rag.config import Settings
-from rag.errors import StoreUnavailable
+from rag.errors import CollectionNotFound, StoreUnavailable
 from rag.services import Services, open_services
 from tests.conftest import make_settings, write_files
 from tests.support.fake_openai import FakeServer
@@ -105,3 +105,29 @@ async def test_open_assistant_closes_the_chat_model_and_the_store(
     with pytest.raises(StoreUnavailable, match="cannot use Milvus at "):
         await assistant.chain.ainvoke(QUESTION)
     assert len(fake_openai.fake.chat_requests()) == 1
+
+
+async def test_chain_for_answers_from_another_collection_and_closes_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """One assistant, two collections: each answers from its own rows; a name that does not
+    exist is refused without creating it; the extra store is closed with the assistant."""
+    await ingest_docs(settings, tmp_path)
+    other = settings.model_copy(update={"collection": "other_docs"})
+    async with open_services(other, recreate=True) as services:
+        docs = write_files(tmp_path / "other", {"heron.md": "# Birds\n\nThe grey heron nests."})
+        assert (await ingest_path(docs, services.store, other)).ok
+    async with open_assistant(settings) as assistant:
+        assert await assistant.chain_for() is assistant.chain
+        assert await assistant.chain_for("app_docs") is assistant.chain
+        chain = await assistant.chain_for("other_docs")
+        assert await assistant.chain_for("other_docs") is chain  # opened once
+        answer = await chain.ainvoke("Where does the heron nest?")
+        assert [hit.source for hit in answer.hits] == ["heron.md"]
+        counts = {info.name: info.rows for info in await assistant.collections()}
+        assert counts == {"app_docs": 1, "other_docs": 1}
+        with pytest.raises(CollectionNotFound, match="no collection named 'missing'"):
+            await assistant.chain_for("missing")
+        assert not assistant.services.store.client.has_collection("missing")
+    with pytest.raises(MilvusException):
+        await chain.store.aclient.has_collection("other_docs")

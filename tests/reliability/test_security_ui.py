@@ -28,7 +28,7 @@ import httpx
 import pytest
 import socketio
 
-from rag.ui.uploads import owner_folder
+from ingest.uploads import owner_folder
 from tests.reliability.conftest import RestartableMilvus, read_rows
 from tests.support.chainlit_client import SOCKET_PATH, ChainlitClient, Turn, login
 from tests.support.fake_openai import FakeServer, serve
@@ -234,7 +234,7 @@ def test_cross_site_http_calls_get_no_cors_permission(ui: SecureUI) -> None:
 
 def test_the_runtime_config_holds_the_upload_limit_and_the_origins(ui: SecureUI) -> None:
     config = tomllib.loads((ui.root / "ui" / ".chainlit" / "config.toml").read_text())
-    # Chainlit takes whole megabytes: 0.05 is rounded up for it; rag.ui.uploads checks 0.05
+    # Chainlit takes whole megabytes: 0.05 is rounded up for it; ingest.uploads checks 0.05
     assert config["features"]["spontaneous_file_upload"]["max_size_mb"] == 1
     assert TRUSTED_ORIGIN in config["project"]["allow_origins"]
     assert "*" not in config["project"]["allow_origins"]
@@ -333,7 +333,7 @@ async def test_uploads_over_the_limit_or_of_a_wrong_type_are_refused(ui: SecureU
     client = await signed_in(ui)
     try:
         big = await upload_named(client, "big.txt", b"x " * int(UPLOAD_LIMIT_MB * 1e6))
-        # Chainlit's own accept list stops other types at the door (rag.ui.uploads checks again)
+        # Chainlit's own accept list stops other types at the door (ingest.uploads checks again)
         for name in ("setup.exe", "notes.txt.exe", "script.sh"):
             refused = await upload_named(client, name, b"MZ\x90\x00", status=400)
             assert refused == {"detail": "File type not allowed"}

@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.pipeline import ingest_path
+from ingest.uploads import UploadRejected, UploadResult, add_upload, store_upload
 from rag.app import build_chain
 from rag.chain import Answer
 from rag.config import Settings
 from rag.prompts import load_prompts
 from rag.retrieval import SearchOptions, retrieve
 from rag.services import Services, open_services
-from rag.ui.uploads import UploadRejected, UploadResult, add_upload, store_upload
 from tests.conftest import (
     fake_embeddings_env,
     fake_models_env,

@@ -13,10 +13,7 @@ from typing import Any
 
 import pytest
 
-from rag.retrieval import SearchOptions, retrieve
-from rag.store.catalog import list_sources, source_names
-from rag.store.schema import SHARED
-from rag.ui.uploads import (
+from ingest.uploads import (
     MAX_NAME,
     UploadRejected,
     UploadResult,
@@ -26,6 +23,9 @@ from rag.ui.uploads import (
     safe_name,
     store_upload,
 )
+from rag.retrieval import SearchOptions, retrieve
+from rag.store.catalog import list_sources, source_names
+from rag.store.schema import SHARED
 from tests.conftest import IngestEnv
 from tests.support.fake_openai import FakeServer
 

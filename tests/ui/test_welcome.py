@@ -128,7 +128,7 @@ def test_runtime_config_holds_the_upload_limit_chainlit_applies(
     tmp_path: Path, limit: float, chainlit_mb: int
 ) -> None:
     """Chainlit's drop zone and upload route read this int (rounded up, never below the
-    setting); rag.ui.uploads applies the exact setting."""
+    setting); ingest.uploads applies the exact setting."""
     from chainlit.config import SpontaneousFileUploadFeature
 
     root = prepare_app_root(tmp_path / "ui", upload_max_mb=limit, origins=["http://a:1"])

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API (`rag serve`): chat completions with sources, search, uploads."""
