@@ -167,6 +167,7 @@ class Pipeline:
         owner: str = SHARED,
         source_prefix: str = "",
         shard: Shard | None = None,
+        fallback_title: str | None = None,
         retry_attempts: int = 5,
         retry_max_wait: float = 8.0,
         rate_limit_patience: float = RATE_LIMIT_PATIENCE,
@@ -177,6 +178,9 @@ class Pipeline:
         self.include, self.exclude = include, exclude
         self.keep_missing = keep_missing
         self.owner = owner
+        # A file with no title of its own is titled by its name's stem; a chat upload is
+        # stored as "<digest>-<name>", so the upload passes the name its owner gave it.
+        self.fallback_title = fallback_title
         self.scope = Scope(source_prefix, include, exclude, shard)
         self._retry = Retrier(
             RetryPolicy(retry_attempts, retry_max_wait, rate_limit_patience),
@@ -431,6 +435,8 @@ class Pipeline:
     def _read(self, found: FoundFile) -> _Read:
         """Blocking: load and split (or count the chunks of a huge file)."""
         loaded = load(found.path, int(self.settings.max_file_mb * 1024 * 1024))
+        if self.fallback_title and loaded.title == found.path.stem:
+            loaded.title = self.fallback_title
         chunks = self.splitter.chunks_or_count(loaded)
         try:
             size = found.path.stat().st_size

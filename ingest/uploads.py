@@ -76,8 +76,17 @@ def safe_name(name: str) -> str:
     return f"{stem}.{suffix.lower()}" if suffix else stem
 
 
-# uploads/<owner folder: 16 hex>/<content digest: 12 hex>-<name>, as add_upload stores them.
-_STORED_UPLOAD = re.compile(r"^uploads/[0-9a-f]{16}/[0-9a-f]{12}-(?P<name>.+)$")
+def stored_name(digest: str, name: str) -> str:
+    """The stored file name of an upload: its content digest, then the name it was given."""
+    return safe_name(f"{digest}-{name}")
+
+
+# The source of a stored upload, from the same parts add_upload stores it by:
+# uploads/<owner folder>/<content digest>-<name>.
+_STORED_UPLOAD = re.compile(
+    rf"^{re.escape(UPLOADS_PREFIX)}[0-9a-f]{{{OWNER_DIR_CHARS}}}/"
+    rf"[0-9a-f]{{{DIGEST_CHARS}}}-(?P<name>.+)$"
+)
 
 
 def display_name(source: str) -> str:
@@ -166,10 +175,10 @@ async def add_upload(
         digest = await asyncio.to_thread(content_digest, temp_path)
         folder = owner_folder(owner)
         owner_dir = Path(settings.upload_dir) / folder
-        stored_name = safe_name(f"{digest}-{shown}")
-        async with _lock_for((owner_dir / stored_name).resolve()):
+        as_stored = stored_name(digest, shown)
+        async with _lock_for((owner_dir / as_stored).resolve()):
             stored = await asyncio.to_thread(
-                store_upload, owner_dir, stored_name, temp_path, max_bytes
+                store_upload, owner_dir, as_stored, temp_path, max_bytes
             )
             # Under uploads/, which folder ingests never remove; only this owner's rows
             # of this source are ever replaced or cleaned up by the run.
@@ -179,6 +188,7 @@ async def add_upload(
                 settings,
                 owner=owner,
                 source_prefix=f"{UPLOADS_PREFIX}{folder}/",
+                fallback_title=Path(shown).stem,
             )
     except UploadRejected as error:
         return UploadResult(shown, problem=str(error))
