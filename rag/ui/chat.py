@@ -14,6 +14,25 @@ server (the signed-in user's identifier, or without login ``thread:<this chat's 
 and every search runs as that viewer (`SearchOptions.viewer`), so a user finds the shared
 documents and their own uploads, nothing else. The document filter only takes names that
 viewer may see, and the welcome page, which every visitor shares, lists shared documents.
+
+Where the Milvus holds more than one collection this app built (with this embedding model),
+the settings panel's *Collection* select lists them with the number of documents this viewer
+can see in each (the shared ones and their own uploads, from the catalog each store keeps:
+counting rows would show passages, not documents), and the chat answers, filters and takes
+uploads in the chosen one (`Assistant.chain_for`). The choice is a chat setting, so Chainlit
+keeps it in the thread's metadata and a resumed chat answers from it again; a collection that
+has gone since gets one line and the configured one instead. With one collection there is
+nothing to choose and the panel is as before.
+
+Why a settings select and not Chainlit chat profiles (one per collection, each with its own
+description and starters): the issue asks for the choice in the settings, next to the other
+search choices, and a profile picker would show even with nothing to compare. What profiles
+would have given is read from chainlit 2.12's ``server.py``: the start screen's starters and
+``chainlit.md`` come from ``GET /project/settings`` before any socket (so before the session
+and its settings exist), and only a profile's own starters can differ per chat. So the start
+screen shows the configured collection's starters (`rag.ui.welcome.starters_for`), the Readme
+panel lists every collection, and choosing another one posts a message describing it with its
+own starters as buttons that ask them.
 """
 
 from __future__ import annotations
@@ -26,9 +45,9 @@ import os
 import time
 import uuid
 from contextlib import AsyncExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chainlit as cl
 from chainlit.data import get_data_layer
@@ -49,20 +68,24 @@ from rag.auth import (
     parse_allow,
     verify,
 )
-from rag.chain import Answer, AnswerInterrupted, Condensed, Retrieved, Token
+from rag.chain import Answer, AnswerInterrupted, Condensed, RagChain, Retrieved, Token
 from rag.choices import SEARCH_LABELS, SearchMode
 from rag.config import get_settings
-from rag.errors import ConfigError, RagError
+from rag.errors import CollectionNotFound, ConfigError, RagError
 from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
 from rag.retrieval import Hit, SearchOptions
 from rag.store.schema import SHARED
 from rag.ui.welcome import (
+    count_documents,
     describe_search,
-    load_starters,
     render_welcome,
+    starters_for,
     ui_origins,
     write_welcome,
 )
+
+if TYPE_CHECKING:
+    from langchain_milvus import Milvus
 
 log = logging.getLogger(__name__)
 ALL_SOURCES = "All documents"
@@ -78,6 +101,10 @@ _lock = asyncio.Lock()
 _background: set[asyncio.Task[Any]] = set()
 _history_task: asyncio.Task[Any] | None = None
 OWNER_KEY = "owner"  # the session's owner key in cl.user_session (server-side only)
+COLLECTION_KEY = "collection"  # the chosen collection: a settings id and a user_session key
+STARTER_ACTION = "ask_starter"  # the buttons under a chosen collection's description
+STARTERS_WAIT = 10.0  # seconds the start screen waits for Milvus before showing file starters
+LISTED_IN_CHAT = 10  # documents named in the message describing a chosen collection
 
 
 def _allowed_origins() -> set[str]:
@@ -148,13 +175,18 @@ async def refresh_welcome(helper: Assistant) -> None:
 
     from rag.embeddings import embedding_identity
 
-    sources = await _source_names(helper, SHARED)
+    sources = await _source_names(helper.services.store, SHARED)
+    others = [
+        (choice.name, choice.documents)
+        for choice in await collection_choices(helper, SHARED)
+        if choice.name != helper.collection
+    ]
     models = (
         f"**{helper.llm_label}**; passages are found with the "
         f"**{embedding_identity(helper.services.settings)[0]}** embedding model"
     )
     search = describe_search(helper.default_options().mode, helper.services.store.bm25_unavailable)
-    text = render_welcome(helper.services.store.collection_name, models, sources, search)
+    text = render_welcome(helper.collection, models, sources, search, others)
     await asyncio.to_thread(write_welcome, Path(APP_ROOT), text)
 
 
@@ -262,18 +294,108 @@ if oauth_configured(os.environ):
 
 @cl.set_starters
 async def _starters(user: cl.User | None = None, language: str | None = None) -> list[cl.Starter]:
-    return [cl.Starter(label=label, message=text) for label, text in load_starters()]
+    """The configured collection's starters (a new chat starts there; see the docstring).
+
+    Chainlit asks before the page opens its socket, which may be while Milvus is still
+    opening: it waits a little, then offers what needs no Milvus (a starters file).
+    """
+    helper = _assistant
+    if helper is None:
+        with contextlib.suppress(TimeoutError, RagError):
+            helper = await asyncio.wait_for(asyncio.shield(assistant()), STARTERS_WAIT)
+    if helper is None:
+        pairs = starters_for(get_settings().collection, [])
+    else:
+        shared = await _source_names(helper.services.store, SHARED)
+        pairs = starters_for(helper.collection, shared)
+    return [cl.Starter(label=label, message=text) for label, text in pairs]
 
 
-async def _source_names(helper: Assistant, viewer: str) -> list[str]:
-    """The documents ``viewer`` may see, from the catalog the process keeps."""
+async def _source_names(store: Milvus, viewer: str) -> list[str]:
+    """The documents of ``store``'s collection ``viewer`` may see, from the catalog the
+    process keeps."""
     from rag.store.catalog import source_names
     from rag.store.milvus import MILVUS_ERRORS
 
     try:
-        return await source_names(helper.services.store, viewer)
+        return await source_names(store, viewer)
     except MILVUS_ERRORS:  # the filter list is a convenience; the chat works without it
         return []
+
+
+@dataclass(frozen=True)
+class CollectionChoice:
+    """A collection the chat can answer from, as the settings panel offers it."""
+
+    name: str
+    documents: int  # the viewer's: the shared documents and their own uploads
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({count_documents(self.documents)})"
+
+
+async def collection_choices(helper: Assistant, viewer: str) -> list[CollectionChoice]:
+    """The collections of this Milvus built by this app with this embedding model, with
+    the documents ``viewer`` may see in each; the configured one is always among them.
+
+    Counting documents opens each collection's store once per process (`chain_for` keeps
+    it) and reads its cached catalog; a collection that fails to open is left out (logged).
+    """
+    from rag.embeddings import embedding_identity
+
+    model = embedding_identity(helper.services.settings)[0]
+    try:
+        infos = await helper.collections()
+    except RagError as error:
+        log.warning("could not list the collections: %s", error)
+        infos = []
+    names = [i.name for i in infos if i.identity and i.identity.embedding_model == model]
+    if helper.collection not in names:
+        names.insert(0, helper.collection)
+    choices = []
+    for name in names:
+        try:
+            chain = await helper.chain_for(name)
+        except RagError as error:
+            log.warning("collection %s is not offered: %s", name, error)
+            continue
+        choices.append(CollectionChoice(name, len(await _source_names(chain.store, viewer))))
+    return choices
+
+
+def _chosen(helper: Assistant) -> str:
+    """The session's collection: the one chosen in the settings, else the configured one."""
+    name = cl.user_session.get(COLLECTION_KEY)
+    return name if isinstance(name, str) and name else helper.collection
+
+
+def _choose(name: str) -> None:
+    """Make ``name`` the session's collection, in the settings Chainlit keeps in the thread's
+    metadata too (`WebsocketSession.to_persistable`), so a resumed chat starts there."""
+    cl.user_session.set(COLLECTION_KEY, name)
+    with contextlib.suppress(Exception):  # no websocket session (nothing to persist)
+        cl.context.session.chat_settings[COLLECTION_KEY] = name
+
+
+def gone_collection(name: str, instead: str) -> str:
+    """The one line a chat whose collection has gone (or was never offered) gets."""
+    return f"⚠️ There is no collection “{name}” to answer from; answering from “{instead}”."
+
+
+async def _chain(helper: Assistant) -> RagChain:
+    """The chain over the session's collection; if that has gone, the configured one's,
+    after one line saying so."""
+    name = _chosen(helper)
+    try:
+        return await helper.chain_for(name)
+    except CollectionNotFound:
+        reason = gone_collection(name, helper.collection)
+    except RagError as error:
+        reason = f"⚠️ {error}; answering from “{helper.collection}”."
+    _choose(helper.collection)
+    await cl.Message(content=reason).send()
+    return helper.chain
 
 
 def _viewer() -> str:
@@ -329,11 +451,21 @@ async def _resume(thread: ThreadDict) -> None:
 
 
 async def _ready_session(helper: Assistant, values: dict[str, Any] | None = None) -> None:
-    """Search options (defaults, or the given settings values) and the settings panel."""
-    sources = await _source_names(helper, _viewer())
-    options = options_from(values or {}, helper.default_options())
+    """Search options (defaults, or the given settings values: a resumed chat's, whose
+    collection is checked to be still there) and the settings panel."""
+    values = values or {}
+    viewer = _viewer()
+    choices = await collection_choices(helper, viewer)
+    wanted = values.get(COLLECTION_KEY) or helper.collection
+    if wanted not in [choice.name for choice in choices]:
+        await cl.Message(content=gone_collection(str(wanted), helper.collection)).send()
+        wanted = helper.collection
+    _choose(str(wanted))
+    chain = await _chain(helper)
+    sources = await _source_names(chain.store, viewer)
+    options = options_from(values, helper.default_options())
     cl.user_session.set("options", _known_sources_only(options, options, sources))
-    await send_settings(helper, sources)
+    await send_settings(helper, sources, choices)
 
 
 def _known_sources_only(
@@ -352,17 +484,33 @@ MODE_OF_LABEL: dict[str, SearchMode] = {label: mode for mode, label in SEARCH_LA
 
 
 def settings_widgets(
-    options: SearchOptions, sources: list[str], *, lexical: bool = True
+    options: SearchOptions,
+    sources: list[str],
+    *,
+    lexical: bool = True,
+    collections: list[CollectionChoice] | None = None,
+    collection: str | None = None,
 ) -> list[InputWidget]:
-    """The chat settings panel; each widget's id is a key read by `options_from`.
+    """The chat settings panel; each widget's id is a key read by `options_from` (and
+    ``collection`` by `_settings`).
 
-    ``lexical`` is False where this Milvus has no BM25: only dense search is offered.
+    ``lexical`` is False where this Milvus has no BM25: only dense search is offered. The
+    collection select (first) shows only when there are ``collections`` to choose between.
     """
     chosen = options.sources[0] if options.sources else ALL_SOURCES
     modes = [label for mode, label in SEARCH_LABELS.items() if lexical or mode == "dense"]
     current = SEARCH_LABELS.get(options.mode, modes[0])
     current = current if current in modes else modes[0]
+    choose: list[InputWidget] = []
+    if collections and len(collections) > 1:
+        items = {choice.label: choice.name for choice in collections}
+        current_collection = collection if collection in items.values() else collections[0].name
+        choose.append(
+            Select(id=COLLECTION_KEY, label="Collection", items=items,
+                   initial_value=current_collection)
+        )  # fmt: skip
     return [
+        *choose,
         Slider(id="k", label="Passages (top-k)", initial=options.k, min=1, max=12, step=1),
         Switch(id="mmr", label="Diversify passages (MMR)", initial=options.mmr),
         Select(id="search", label="Search by", values=modes, initial_value=current),
@@ -383,13 +531,24 @@ def options_from(values: dict[str, Any], options: SearchOptions) -> SearchOption
     )
 
 
-async def send_settings(helper: Assistant, sources: list[str] | None = None) -> None:
-    """The settings panel, with the current options and the documents to filter by."""
+async def send_settings(
+    helper: Assistant,
+    sources: list[str] | None = None,
+    choices: list[CollectionChoice] | None = None,
+) -> None:
+    """The settings panel, with the current options, the documents to filter by and the
+    collections to choose from (each read again when not given)."""
     options: SearchOptions = cl.user_session.get("options") or helper.default_options()
+    chain = await _chain(helper)
     if sources is None:
-        sources = await _source_names(helper, _viewer())
-    lexical = not helper.services.store.bm25_unavailable
-    await cl.ChatSettings(settings_widgets(options, sources, lexical=lexical)).send()
+        sources = await _source_names(chain.store, _viewer())
+    if choices is None:
+        choices = await collection_choices(helper, _viewer())
+    lexical = not chain.store.bm25_unavailable
+    widgets = settings_widgets(
+        options, sources, lexical=lexical, collections=choices, collection=_chosen(helper)
+    )
+    await cl.ChatSettings(widgets).send()
 
 
 def refused_filter(name: str) -> str:
@@ -397,19 +556,89 @@ def refused_filter(name: str) -> str:
     return f"⚠️ There is no document “{name}” to filter by; the filter is unchanged."
 
 
+def refused_collection(name: str, current: str) -> str:
+    """The one line a choice of a collection that is not offered gets."""
+    return f"⚠️ There is no collection “{name}” to answer from; still answering from “{current}”."
+
+
+async def _switch_collection(helper: Assistant, name: str) -> bool:
+    """Answer from ``name`` from now on, if it is offered; False (after one line) if not.
+
+    The document filter starts again at all documents: it named the other collection's.
+    """
+    viewer, current = _viewer(), _chosen(helper)
+    choices = await collection_choices(helper, viewer)
+    chosen = next((choice for choice in choices if choice.name == name), None)
+    if chosen is None:
+        _choose(current)  # the panel and the stored settings keep the real choice
+        await cl.Message(content=refused_collection(name, current)).send()
+        await send_settings(helper, choices=choices)
+        return False
+    _choose(name)
+    options: SearchOptions = cl.user_session.get("options") or helper.default_options()
+    cl.user_session.set("options", replace(options, sources=()))
+    chain = await _chain(helper)
+    sources = await _source_names(chain.store, viewer)
+    await send_settings(helper, sources, choices)
+    shared = await _source_names(chain.store, SHARED)
+    await describe_collection(chosen, sources, starters_for(name, shared))
+    return True
+
+
+async def describe_collection(
+    choice: CollectionChoice, sources: list[str], starters: list[tuple[str, str]]
+) -> None:
+    """What the Readme panel says of the configured collection, for the chosen one: its
+    documents, and its starters as buttons that ask them."""
+    if sources:
+        named = ", ".join(display_name(s) for s in sources[:LISTED_IN_CHAT])
+        more = len(sources) - LISTED_IN_CHAT
+        named += f" and {more} more" if more > 0 else ""
+        text = f"📚 Now answering from **{choice.name}**, {count_documents(len(sources))}: {named}."
+    else:
+        text = f"📚 Now answering from **{choice.name}**, which holds no documents yet."
+    actions = [
+        cl.Action(name=STARTER_ACTION, payload={"question": question}, label=label)
+        for label, question in starters
+    ]
+    if actions:
+        text += " Try one of these:"
+    await cl.Message(content=text, actions=actions).send()
+
+
+@cl.action_callback(STARTER_ACTION)
+async def _ask_starter(action: cl.Action) -> None:
+    """A starter button under a collection's description: asked as if typed."""
+    question = action.payload.get("question") if isinstance(action.payload, dict) else None
+    if not isinstance(question, str) or not question.strip():
+        return
+    message = cl.Message(content=question.strip(), type="user_message", author="User")
+    await message.send()
+    await _message(message)
+
+
 @cl.on_settings_update
 async def _settings(values: dict[str, Any]) -> None:
-    """Settings from the client, whose document filter is checked against the names this
-    viewer may see: another user's upload is refused like a name that never existed."""
+    """Settings from the client: a collection is checked against those offered to this
+    viewer, a document filter against the names this viewer may see (another user's upload
+    is refused like a name that never existed)."""
     options: SearchOptions = cl.user_session.get("options") or SearchOptions()
-    wanted = options_from(values, options)
-    if wanted.sources:
+    wanted_collection = values.get(COLLECTION_KEY)
+    helper: Assistant | None = None
+    if wanted_collection or options_from(values, options).sources:
         try:
             helper = await assistant()
         except RagError as error:
             await cl.Message(content=_unreachable(error, "Try again once it is back.")).send()
             return
-        sources = await _source_names(helper, _viewer())
+    if helper is not None and wanted_collection and wanted_collection != _chosen(helper):
+        values = {k: v for k, v in values.items() if k not in (COLLECTION_KEY, "source")}
+        if await _switch_collection(helper, str(wanted_collection)):
+            options = cl.user_session.get("options") or options
+    wanted = options_from(values, options)
+    if wanted.sources and helper is not None:
+        chain = await _chain(helper)
+        sources = await _source_names(chain.store, _viewer())
         checked = _known_sources_only(wanted, options, sources)
         if checked != wanted:
             await cl.Message(content=refused_filter(wanted.sources[0])).send()
@@ -417,14 +646,15 @@ async def _settings(values: dict[str, Any]) -> None:
     cl.user_session.set("options", wanted)
 
 
-async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
-    """Each dropped file becomes this session's owner's (`ingest.uploads.add_upload`)."""
+async def _ingest_uploads(helper: Assistant, store: Milvus, elements: list[Any]) -> None:
+    """Each dropped file becomes this session's owner's (`ingest.uploads.add_upload`), in
+    the collection the chat answers from (``store``), where the user will ask about it."""
     owner = _viewer()
     async with cl.Step(name="Adding your files", type="tool") as step:
         lines = [
             (
                 await add_upload(
-                    helper.services.store,
+                    store,
                     helper.services.settings,
                     owner=owner,
                     name=str(element.name),
@@ -440,7 +670,7 @@ async def _ingest_uploads(helper: Assistant, elements: list[Any]) -> None:
     # this user's document filter (the shared welcome page does not list uploads).
     from rag.store.catalog import invalidate
 
-    invalidate(helper.services.store)
+    invalidate(store)
     await send_settings(helper)
 
 
@@ -485,8 +715,9 @@ async def _message(message: cl.Message) -> None:
         return
     if not isinstance(cl.user_session.get("options"), SearchOptions):
         await _ready_session(helper)  # Milvus was down when the chat started
+    chain = await _chain(helper)
     if message.elements:
-        await _ingest_uploads(helper, list(message.elements))
+        await _ingest_uploads(helper, chain.store, list(message.elements))
     question = message.content.strip()
     if not question:
         return
@@ -504,7 +735,7 @@ async def _message(message: cl.Message) -> None:
     try:
         # show_input=False: the output already shows the stand-alone question.
         async with cl.Step(name="Retrieval", type="retrieval", show_input=False) as step:
-            events = helper.chain.astream(question, history, options)
+            events = chain.astream(question, history, options)
             async for event in events:
                 if isinstance(event, Condensed):
                     step.input = event.question

@@ -11,6 +11,11 @@ read with ``importlib.resources``, so an installed wheel needs no source tree. T
 the runtime folder gets this deployment's values: the upload limit (one number for the
 browser, Chainlit's upload route and `ingest.uploads`) and the origins a browser may load
 the chat from (the UI's own address; Chainlit's own default is any site at all).
+
+Starters belong to a collection (`starters_for`): ``prompts/starters/<collection>.md`` when
+it exists, the sample corpus's ``prompts/starters.md`` for the samples' own collection
+(``documents``), and otherwise questions about the collection's own first documents, so a
+team's collection never offers questions about the fictional drone maker.
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ LOOPBACK = ("127.0.0.1", "localhost")
 ANY_INTERFACE = ("0.0.0.0", "::", "")
 
 
+# The collection `make demo` ingests the sample corpus into (RAG_COLLECTION's default): the
+# one whose starters are prompts/starters.md.
+SAMPLES_COLLECTION = "documents"
+STARTERS_DIR: Traversable = PROMPTS_DIR / "starters"
+MAX_STARTERS = 4
+# Milvus names a collection with letters, digits and underscores; anything else is not
+# looked up as a file (no name reaches a path it could leave STARTERS_DIR by).
+_COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def load_starters(path: Traversable = PROMPTS_DIR / "starters.md") -> list[tuple[str, str]]:
     """(label, question) pairs from ``- Label: question`` lines; comments are skipped."""
     if not path.is_file():
@@ -52,6 +67,35 @@ def load_starters(path: Traversable = PROMPTS_DIR / "starters.md") -> list[tuple
         if match:
             pairs.append((match.group(1).strip(), match.group(2)))
     return pairs
+
+
+def document_title(source: str) -> str:
+    """A short label for a stored source: its file name without folder or suffix, words
+    spaced (``handbook/travel_policy-2025.pdf`` → ``travel policy 2025``)."""
+    stem = source.rsplit("/", 1)[-1]
+    stem = stem.rsplit(".", 1)[0] if "." in stem.strip(".") else stem
+    words = re.sub(r"[_\-]+", " ", stem).strip() or source
+    return words if len(words) <= 40 else words[:39].rstrip() + "…"
+
+
+def document_starters(sources: Sequence[str], limit: int = MAX_STARTERS) -> list[tuple[str, str]]:
+    """(label, question) pairs about the first ``limit`` documents: what a visitor can ask
+    of a collection nobody wrote starters for."""
+    return [(document_title(s), f"What is {s} about?") for s in list(sources)[:limit]]
+
+
+def starters_for(
+    collection: str, sources: Sequence[str], folder: Traversable = STARTERS_DIR
+) -> list[tuple[str, str]]:
+    """The starters of ``collection``: its own file in ``folder``, the samples' for the
+    samples' collection, else questions about its documents (``sources``, shared ones)."""
+    if _COLLECTION_NAME.match(collection):
+        own = folder / f"{collection}.md"
+        if own.is_file():
+            return load_starters(own)
+    if collection == SAMPLES_COLLECTION:
+        return load_starters()
+    return document_starters(sources)
 
 
 def _origin(host: str, port: int) -> str:
@@ -156,9 +200,17 @@ def describe_search(mode: str, bm25_unavailable: str | None) -> str:
 
 
 def render_welcome(
-    collection: str, models: str, sources: list[str], search: str | None = None
+    collection: str,
+    models: str,
+    sources: list[str],
+    search: str | None = None,
+    others: Sequence[tuple[str, int]] = (),
 ) -> str:
-    """The committed welcome text plus what is in the collection right now."""
+    """The committed welcome text plus what is in the collection right now.
+
+    ``others`` are the other collections one can choose in the settings, with their shared
+    document counts: Chainlit serves one page to every visitor, whatever they chose.
+    """
     lines = [TEMPLATE.read_text(encoding="utf-8").rstrip(), "", "## In this collection", ""]
     if sources:
         lines.append(f"Collection **{collection}** holds **{len(sources)} documents**:")
@@ -173,7 +225,16 @@ def render_welcome(
     lines += ["", f"Answers come from {models}."]
     if search:
         lines += ["", search]
+    if others:
+        lines += ["", "## Other collections", ""]
+        lines.append("Choose one under ⚙️ settings (*Collection*); the chat then answers from it:")
+        lines.append("")
+        lines += [f"- **{name}**: {count_documents(count)}" for name, count in others]
     return "\n".join(lines) + "\n"
+
+
+def count_documents(count: int) -> str:
+    return f"{count} document" if count == 1 else f"{count} documents"
 
 
 def _is_template(path: Path) -> bool:
