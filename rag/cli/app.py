@@ -45,6 +45,18 @@ CollectionOption = Annotated[
     typer.Option("--collection", "-c", help="Collection to use (default: RAG_COLLECTION)."),
 ]
 
+# Who the search runs as: by default nobody in particular, who sees the shared documents
+# only; an owner key (the OWNER column of `rag sources`) also sees that owner's uploads,
+# exactly as that user's chat does, so an operator can check what someone is answered from.
+ViewerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        metavar="OWNER",
+        help="Search as this owner (see `rag sources`): shared documents plus their uploads.",
+    ),
+]
+
 
 def fail(error: RagError) -> typer.Exit:
     """Print a user-facing error as one line (escaped: messages hold paths like a[1].md)."""

@@ -13,12 +13,14 @@ from rag.cli.app import (
     CollectionOption,
     MmrOption,
     ModeOption,
+    ViewerOption,
     app,
     console,
     errors,
     run_async,
     settings_or_exit,
 )
+from rag.store.schema import SHARED
 
 
 @app.command()
@@ -27,6 +29,7 @@ def search(
     k: Annotated[int, typer.Option("--k", "-k", min=1, max=100, help="How many hits.")] = 4,
     mode: ModeOption = None,
     collection: CollectionOption = None,
+    viewer: ViewerOption = None,
 ) -> None:
     """Show the passages closest to a query (retrieval only, no LLM)."""
     from dataclasses import replace
@@ -38,7 +41,7 @@ def search(
 
     async def go() -> None:
         async with open_services(settings) as services:
-            options = replace(search_options(settings), k=k, mmr=False)
+            options = replace(search_options(settings), k=k, mmr=False, viewer=viewer or SHARED)
             if mode is not None:
                 options = replace(options, mode=mode.value)
             note_fallback(services.store, options.mode)
@@ -81,6 +84,7 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     mode: ModeOption = None,
     collection: CollectionOption = None,
+    viewer: ViewerOption = None,
 ) -> None:
     """Answer a question from the documents, streaming the answer, then list its sources."""
     import json
@@ -99,6 +103,7 @@ def ask(
                 **{"mmr": mmr} if mmr is not None else {},
                 **{"mode": mode.value} if mode is not None else {},
                 sources=tuple(source or ()),
+                viewer=viewer or SHARED,
             )
             note_fallback(assistant.services.store, options.mode)
             answer: Answer | None = None
