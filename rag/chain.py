@@ -1,8 +1,19 @@
 """The retrieval chain: condense -> retrieve -> number the passages -> prompt -> stream.
 
-Each step is an LCEL runnable; ``RagChain.astream`` runs them in order and yields
-an event per step, so the CLI and the chat UI can show the stand-alone question
-and the hits before the first token, and tokens as they arrive.
+``RagChain.astream`` runs the steps in order and yields an event per step, so the CLI and
+the chat UI can show the stand-alone question and the hits before the first token, and
+tokens as they arrive.
+
+The prompt and the model are called directly (``ChatPromptTemplate.format_messages``, then
+the chat model's own ``astream``) rather than as an LCEL ``prompt | llm | StrOutputParser()``
+sequence: every chat costs this process CPU before its first token, and one GIL serves all
+chats, so that CPU is the floor under time to first token at load (``bench/chat_cpu.py``).
+Read in langchain-core 1.8 (runnables/base.py, ``RunnableSequence.astream`` and
+``_atransform_stream_with_config``): the sequence sets up a callback manager and a run for
+itself and for each of its three steps, merges their configs, and pipes every token through
+``atee`` and the parser's transform; about a millisecond per chat, for a parent run nobody
+listens to. The model's ``astream`` keeps what matters: its callbacks and tracing (a
+LangSmith or OpenTelemetry handler still sees every model call), and its errors.
 """
 
 from __future__ import annotations
@@ -14,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import openai
-from langchain_core.output_parsers import StrOutputParser
 
 from rag.answer.context import trim
 from rag.answer.extractive import extract
@@ -34,6 +44,7 @@ from rag.retrieval import Hit, SearchOptions, retrieve
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage
     from langchain_milvus import Milvus
 
     from rag.prompts import Prompts
@@ -117,6 +128,16 @@ class AnswerInterrupted(ModelUnavailable):
         super().__init__(message)
         self.partial = partial
 
+
+def _text(chunk: BaseMessage) -> str:
+    """What ``StrOutputParser`` would make of a model's chunk: its text (langchain-core's
+    ``BaseTransformOutputParser`` parses ``ChatGeneration(message=chunk).text``, which is
+    ``chunk.text``: a string content as it is, else its text blocks joined)."""
+    content = chunk.content
+    return content if isinstance(content, str) else chunk.text
+
+
+_STANDALONE_PREFIX = re.compile(r"^(stand-?alone( question)?|standalone)\s*:\s*", re.I)
 
 # A line that opens with "[n]" looks like the start of a passage: inside a passage it is
 # made "(n)", so a document cannot forge a passage of its own with another number or source.
@@ -207,22 +228,21 @@ class RagChain:
         self.relevance_floor = relevance_floor
         self.llm_name = llm_name
         self.services = services or default_services(llm_name, self.secrets)
-        self.condense_chain = prompts.condense | llm | StrOutputParser()
-        self.answer_chain = prompts.answer | llm | StrOutputParser()
+        self.llm = llm
+        self.prompts = prompts
 
     async def condense(self, question: str, history: Sequence[tuple[str, str]]) -> str:
         """A follow-up ("and who approves it?") made stand-alone; unchanged without history."""
         if not history:
             return question
         try:
-            text = await self.condense_chain.ainvoke(
-                {"chat_history": _history_text(history), "question": question}
+            messages = self.prompts.condense.format_messages(
+                chat_history=_history_text(history), question=question
             )
+            text = _text(await self.llm.ainvoke(messages))
         except Exception as error:
             raise explain(error, self.services.chat) from error
-        text = re.sub(
-            r"^(stand-?alone( question)?|standalone)\s*:\s*", "", text.strip(), flags=re.I
-        )
+        text = _STANDALONE_PREFIX.sub("", text.strip())
         text = text.strip().strip('"').strip()
         return text.splitlines()[0].strip() if text else question
 
@@ -272,9 +292,9 @@ class RagChain:
         """The model's answer as it streams; errors explained, a cut-off keeps its part."""
         parts: list[str] = []
         try:
-            async for token in self.answer_chain.astream(
-                {"context": context, "question": standalone}
-            ):
+            messages = self.prompts.answer.format_messages(context=context, question=standalone)
+            async for chunk in self.llm.astream(messages):
+                token = _text(chunk)
                 if token:
                     parts.append(token)
                     yield token
