@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 
 from argon2 import PasswordHasher
@@ -152,3 +153,64 @@ def header_user(value: str | None) -> str | None:
     """The user a trusted proxy named in its header, if it is a usable name."""
     value = (value or "").strip()
     return value if value and len(value) <= 200 and value.isprintable() else None
+
+
+# --- API keys for the HTTP API (`rag serve`) ------------------------------------------------
+# A key is ``<owner>.<secret>``: the owner part says which entries of RAG_API_KEYS to check,
+# so a request costs one argon2 verification (about 50 ms of CPU) instead of one per
+# configured key, and a flood of wrong keys cannot multiply that cost. The secret is 32
+# random bytes (URL-safe base64, which has no '.'); only its argon2 hash is configured.
+API_KEY_BYTES = 32
+# Bearer tokens are base64-ish (RFC 6750 b64token): owner names for keys skip '@' and '+'.
+_KEY_OWNER = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+_KEY_SECRET = re.compile(r"^[A-Za-z0-9_-]{20,200}$")
+
+
+def parse_api_keys(text: str) -> dict[str, tuple[str, ...]]:
+    """``owner:$argon2id$…`` entries separated by commas → owner → its keys' hashes.
+
+    Fails closed like `parse_users`: an empty entry, a missing ``:``, an odd owner name or
+    anything but an argon2 hash stops the start (a plain key in `.env` is refused: `rag
+    api-key OWNER` mints one and prints its entry). One owner may be listed more than once,
+    one entry per key, so a key can be replaced without a moment of downtime.
+    """
+    keys: dict[str, list[str]] = {}
+    hashes = _ARGON2.findall(text)
+    protected = _ARGON2.sub("\0", text)
+    for number, raw in enumerate(protected.split(","), 1):
+        where = f"entry {number}"
+        entry = raw.strip()
+        if not entry:
+            raise ValueError(f"{where} is empty (write owner:HASH, separated by commas)")
+        if ":" not in entry:
+            raise ValueError(f"{where} has no ':' (write owner:HASH from `rag api-key OWNER`)")
+        owner, stored = (part.strip() for part in entry.split(":", 1))
+        if not _KEY_OWNER.fullmatch(owner):
+            raise ValueError(
+                f"{where}: owner names are 1-64 letters, digits or . _ - (got {owner!r})"
+            )
+        if stored != "\0":
+            raise ValueError(
+                f"{where} ({owner}) is not an argon2 hash; mint a key with `rag api-key {owner}`"
+            )
+        stored = hashes.pop(0)
+        _check_hash(stored, f"{where} ({owner})")
+        keys.setdefault(owner, []).append(stored)
+    return {owner: tuple(stored) for owner, stored in keys.items()}
+
+
+def mint_api_key(owner: str) -> tuple[str, str]:
+    """A new key for ``owner`` and its RAG_API_KEYS entry (``owner:argon2 hash``)."""
+    if not _KEY_OWNER.fullmatch(owner):
+        raise ValueError(f"owner names are 1-64 letters, digits or . _ - (got {owner!r})")
+    key = f"{owner}.{secrets.token_urlsafe(API_KEY_BYTES)}"
+    return key, f"{owner}:{hash_password(key)}"
+
+
+def key_owner(key: str) -> str | None:
+    """The owner a presented key claims (checked by `verify` against that owner's hashes),
+    or None for a string that is not shaped like a key."""
+    owner, dot, secret = key.rpartition(".")
+    if not dot or not _KEY_OWNER.fullmatch(owner) or not _KEY_SECRET.fullmatch(secret):
+        return None
+    return owner

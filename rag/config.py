@@ -16,7 +16,13 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rag.auth import oauth_configured, parse_allow, parse_users, valid_header_name
+from rag.auth import (
+    oauth_configured,
+    parse_allow,
+    parse_api_keys,
+    parse_users,
+    valid_header_name,
+)
 from rag.choices import (
     BUNDLED_CONTEXT_CHARS,
     DEFAULT_MIN_QUOTE_SCORE,
@@ -181,6 +187,13 @@ class Settings(BaseSettings):
         description="Chat history and feedback (SQLAlchemy async URL); empty turns it off.",
     )
 
+    # --- HTTP API (`rag serve`) ----------------------------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="owner:HASH entries separated by commas, one per API key (`rag api-key "
+        "OWNER` mints a key and prints its entry); `rag serve` needs at least one.",
+    )
+
     @field_validator("milvus_uri")
     @classmethod
     def _valid_uri(cls, value: str) -> str:
@@ -272,6 +285,24 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _valid_api_keys(self) -> Settings:
+        """Fail closed, like RAG_UI_USERS. A model validator, not a field one: its error
+        carries no input, so `_describe` cannot echo the hashes into a log."""
+        if self.api_keys is not None and not self.api_keys.get_secret_value().strip():
+            self.api_keys = None
+        if self.api_keys is not None:
+            try:
+                parse_api_keys(self.api_keys.get_secret_value())
+            except ValueError as error:
+                raise ValueError(f"RAG_API_KEYS: {error}") from None
+        return self
+
+    @property
+    def api_key_hashes(self) -> dict[str, tuple[str, ...]]:
+        """Owner → the argon2 hashes of its API keys; empty when RAG_API_KEYS is not set."""
+        return parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys else {}
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:

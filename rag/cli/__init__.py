@@ -6,6 +6,7 @@ imports its commands (the import contract in `pyproject.toml` keeps it that way)
 """
 
 from rag.cli import (  # noqa: F401  (each registers its commands on `app`)
+    api,
     ask,
     collections,
     doctor,
