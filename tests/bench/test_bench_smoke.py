@@ -24,6 +24,8 @@ PARTS = [
     ("bench.serving", ["--quick", "--modes", "remote@lite,remote@lite-server×2", "--levels", "1,4",
                        "--token-delay", "0.001"], "serving"),
     ("bench.retrieval_latency", ["--sizes", "300"], "retrieval_latency"),
+    ("bench.ingest_workers", ["--files", "20", "--workers", "1,2", "--latency", "0.005"],
+     "ingest_workers"),
 ]  # fmt: skip
 
 

@@ -1,5 +1,8 @@
 """`rag sources`, `rag remove`, `rag collections`, `rag drop` on Milvus Lite, as a user runs them.
 
+Each command runs at least once as the real console script (``Workspace.process``); the
+many follow-up commands that check what a change left behind run in-process through
+typer's CliRunner (``Workspace.rag``), which skips seconds of start-up per command.
 The server paths (milvus-lite server, Milvus standalone) are covered in
 tests/rag/test_server_path.py.
 """
@@ -18,7 +21,9 @@ import pytest
 from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient
 
+from rag.embeddings import LocalMiniLMEmbeddings
 from tests.conftest import RAG_BIN, SAMPLE_DOCS, cli_env, run_rag
+from tests.support.cli_inprocess import invoke_rag
 from tests.support.rows import chunk_row
 
 COPIED = ["onboarding_guide.md", "it_helpdesk_guide.txt", "price_list_2025.pdf"]
@@ -29,14 +34,21 @@ class Workspace:
     folder: Path
     workdir: Path
     env: dict[str, str]
+    embeddings: LocalMiniLMEmbeddings
 
-    def rag(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    def process(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+        """``rag ARGS`` as the console script, in its own process."""
         result = run_rag(*args, cwd=self.workdir, timeout=timeout, **self.env)
         assert "Traceback" not in result.stderr, result.stderr
         return result.returncode, result.stdout, result.stderr
 
-    def sources(self) -> dict[str, dict[str, object]]:
-        code, out, err = self.rag("sources", "--json")
+    def rag(self, *args: str) -> tuple[int, str, str]:
+        """``rag ARGS`` in this process (the session's local model), same exit and output."""
+        result = invoke_rag(*args, cwd=self.workdir, embeddings=self.embeddings, **self.env)
+        return result.returncode, result.stdout, result.stderr
+
+    def sources(self, *, process: bool = False) -> dict[str, dict[str, object]]:
+        code, out, err = (self.process if process else self.rag)("sources", "--json")
         assert code == 0, err
         return {entry["source"]: entry for entry in json.loads(out)}
 
@@ -64,21 +76,23 @@ class Workspace:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, local_embeddings: LocalMiniLMEmbeddings
+) -> Workspace:
     workdir = tmp_path_factory.mktemp("collections")
     folder = workdir / "docs"
     folder.mkdir()
     for name in COPIED:
         shutil.copy(SAMPLE_DOCS / name, folder / name)
     env = {"RAG_MILVUS_URI": str(workdir / "milvus.db"), "RAG_COLLECTION": "team_docs"}
-    space = Workspace(folder, workdir, env)
-    code, _, err = space.rag("ingest", str(folder), timeout=240)
+    space = Workspace(folder, workdir, env, local_embeddings)
+    code, _, err = space.process("ingest", str(folder), timeout=240)
     assert code == 0, err
     return space
 
 
 def test_sources_come_from_milvus_with_hash_size_and_time(workspace: Workspace) -> None:
-    listed = workspace.sources()
+    listed = workspace.sources(process=True)
     assert set(listed) == set(COPIED)
     for name, entry in listed.items():
         data = (workspace.folder / name).read_bytes()
@@ -109,7 +123,7 @@ def test_sources_show_owners_and_remove_owner_takes_only_theirs(workspace: Works
     assert "shared" in shared and "alice" not in shared
 
     # A pattern naming the shared file's name, within alice's rows: only her copy.
-    code, out, _ = workspace.rag("remove", "--owner", "alice", "onboarding_guide.md", "-n")
+    code, out, _ = workspace.process("remove", "--owner", "alice", "onboarding_guide.md", "-n")
     assert code == 0 and "would remove 2 rows from 1 files" in out
     assert "uploads/a1/onboarding_guide.md [alice]" in out
     code, out, _ = workspace.rag("remove", "--owner", "alice", "onboarding_guide.md")
@@ -125,7 +139,7 @@ def test_sources_show_owners_and_remove_owner_takes_only_theirs(workspace: Works
 
 
 def test_collections_lists_model_dimension_and_rows(workspace: Workspace) -> None:
-    code, out, err = workspace.rag("collections", "--json")
+    code, out, err = workspace.process("collections", "--json")
     assert code == 0, err
     (info,) = [c for c in json.loads(out) if c["name"] == "team_docs"]
     assert info["dimension"] == 384
@@ -154,7 +168,7 @@ def test_remove_dry_run_then_remove_then_reingest(workspace: Workspace) -> None:
     assert code == 0 and "price_list_2025.pdf" not in out
 
     # Ingesting the folder again puts back only what was removed.
-    code, out, err = workspace.rag("ingest", str(workspace.folder), timeout=240)
+    code, out, err = workspace.rag("ingest", str(workspace.folder))
     assert code == 0, err
     assert "added: price_list_2025.pdf" in out
     assert workspace.sources().keys() == before.keys()
@@ -171,8 +185,12 @@ def test_remove_without_a_match_deletes_nothing(workspace: Workspace, pattern: s
 
 def test_drop_asks_first_and_refuses_unknown_names(workspace: Workspace) -> None:
     other = dict(workspace.env, RAG_COLLECTION="scratch")
-    result = run_rag(
-        "ingest", str(workspace.folder / "onboarding_guide.md"), cwd=workspace.workdir, **other
+    result = invoke_rag(
+        "ingest",
+        str(workspace.folder / "onboarding_guide.md"),
+        cwd=workspace.workdir,
+        embeddings=workspace.embeddings,
+        **other,
     )
     assert result.returncode == 0, result.stderr
     code, out, _ = workspace.rag("collections")
@@ -192,7 +210,7 @@ def test_drop_asks_first_and_refuses_unknown_names(workspace: Workspace) -> None
     code, out, _ = workspace.rag("collections", "--json")
     assert "scratch" in {c["name"] for c in json.loads(out)}
 
-    code, out, _ = workspace.rag("drop", "scratch", "--yes")
+    code, out, _ = workspace.process("drop", "scratch", "--yes")
     assert code == 0 and "dropped 'scratch'" in out
     code, out, _ = workspace.rag("collections", "--json")
     assert {c["name"] for c in json.loads(out)} == {"team_docs"}

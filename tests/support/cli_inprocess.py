@@ -1,0 +1,60 @@
+"""`rag ARGS` run inside the test process through typer's CliRunner, shaped like ``run_rag``.
+
+A console script pays Python, LangChain and the local model's load (seconds) before it does
+anything; a module that runs a dozen commands against one database spends most of its time
+there. In-process, the same Typer app, settings loading, one-line errors and exit codes run;
+each command module keeps at least one real-process test (``run_rag``) for the script itself.
+
+What a real process gives for free is recreated here: no inherited ``RAG_*`` variable and
+no ``.env`` of the developer's (cwd is the test's folder), a 200-column console (rich reads
+``COLUMNS`` from ``os.environ`` on every size lookup, see ``rich.console.Console.size``),
+and the database file free again afterwards (Milvus Lite runs in the calling process and
+locks the file until ``release_server``, ``milvus_lite.server_manager``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from langchain_core.embeddings import Embeddings
+from milvus_lite.server_manager import server_manager_instance
+from typer.testing import CliRunner
+
+import rag.services
+from rag.cli import app
+
+CONSOLE = {"COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def invoke_rag(
+    *args: str,
+    cwd: Path,
+    input: str | None = None,
+    embeddings: Embeddings | None = None,
+    **variables: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``rag ARGS`` in this process; ``embeddings`` stands in for the local model (the
+    session's loaded copy) wherever the command would build one."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RAG_")}
+    # CliRunner's default "sys" capture: stdout and stderr kept apart (click >= 8.2).
+    runner = CliRunner(env={**unset, **CONSOLE, **variables})
+    with contextlib.chdir(cwd), pytest.MonkeyPatch.context() as patch:
+        if embeddings is not None:
+            real = rag.services.build_embeddings
+            patch.setattr(
+                rag.services,
+                "build_embeddings",
+                lambda s: embeddings if s.embedding_provider == "local" else real(s),
+            )
+        try:
+            result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
+        finally:
+            uri = variables.get("RAG_MILVUS_URI", "")
+            if uri and "://" not in uri:  # a Milvus Lite file: free its lock for the next one
+                server_manager_instance.release_server(str(Path(cwd, uri)))
+    return subprocess.CompletedProcess(["rag", *args], result.exit_code, result.stdout,
+                                       result.stderr)  # fmt: skip
