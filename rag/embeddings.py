@@ -13,12 +13,16 @@ import importlib.util
 import os
 import threading
 import weakref
+from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import openai
 from langchain_core.embeddings import Embeddings
+from langchain_openai import OpenAIEmbeddings
+from pydantic import PrivateAttr
 
 from rag.errors import ConfigError, ModelUnavailable, Service
 
@@ -72,6 +76,72 @@ def local_model_files() -> tuple[Path, Path]:
     return model, tokenizer
 
 
+class QueryBatches:
+    """Queries asked in the same event-loop iteration, embedded with one call.
+
+    Why: many chats arriving together each embed their question first. One request (or one
+    ONNX run) over 50 short questions costs about what one over a single question does,
+    while 50 separate ones cost 50 times the CPU of this process (an HTTP request through
+    the openai SDK is ~2-3 ms of it) under one GIL, before any chat sees its first token
+    (bench/serving.py). A query asked alone is embedded alone, one loop iteration later.
+
+    ``isolate``: errors that may belong to one query rather than to the batch (an endpoint
+    refusing a too-long input); the batch's queries are then tried one by one, so one bad
+    query fails only its own chat.
+    """
+
+    def __init__(
+        self,
+        embed: Callable[[list[str]], Awaitable[list[list[float]]]],
+        isolate: Callable[[BaseException], bool] = lambda error: False,
+    ) -> None:
+        self._embed = embed
+        self._isolate = isolate
+        self._pending: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, list[tuple[str, asyncio.Future[list[float]]]]
+        ] = weakref.WeakKeyDictionary()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def embed(self, text: str) -> list[float]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[float]] = loop.create_future()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            task = loop.create_task(self._flush(loop))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        pending.append((text, future))
+        return await future
+
+    async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        await asyncio.sleep(0)  # let every query issued in this loop iteration join
+        batch = self._pending.pop(loop, [])
+        try:
+            vectors = await self._embed([text for text, _ in batch])
+        except Exception as error:
+            if len(batch) > 1 and self._isolate(error):
+                await asyncio.gather(*(self._one(text, future) for text, future in batch))
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), vector in zip(batch, vectors, strict=True):
+            if not future.done():
+                future.set_result(vector)
+
+    async def _one(self, text: str, future: asyncio.Future[list[float]]) -> None:
+        try:
+            vector = (await self._embed([text]))[0]
+        except Exception as error:
+            if not future.done():
+                future.set_exception(error)
+            return
+        if not future.done():
+            future.set_result(vector)
+
+
 class LocalMiniLMEmbeddings(Embeddings):
     """all-MiniLM-L6-v2 on onnxruntime: mean pooling over the attention mask, L2-normalised.
 
@@ -85,11 +155,7 @@ class LocalMiniLMEmbeddings(Embeddings):
         self.batch_size = batch_size
         self.threads = threads or os.cpu_count() or 1
         self._lock = threading.Lock()
-        # Queries waiting to be embedded together, per event loop (see aembed_query).
-        self._pending: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, list[tuple[str, asyncio.Future[list[float]]]]
-        ] = weakref.WeakKeyDictionary()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queries = QueryBatches(self.aembed_documents)
 
     @cached_property
     def _runtime(self) -> tuple[Any, Any]:
@@ -157,30 +223,31 @@ class LocalMiniLMEmbeddings(Embeddings):
         while 50 separate runs queue behind the lock: measured by bench/serving.py,
         time to first token at 50 concurrent chats otherwise grows with the queue.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[float]] = loop.create_future()
-        pending = self._pending.get(loop)
-        if pending is None:
-            pending = self._pending[loop] = []
-            task = loop.create_task(self._embed_pending(loop))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        pending.append((text, future))
-        return await future
+        return await self._queries.embed(text)
 
-    async def _embed_pending(self, loop: asyncio.AbstractEventLoop) -> None:
-        await asyncio.sleep(0)  # let every query issued in this loop iteration join
-        batch = self._pending.pop(loop, [])
-        try:
-            vectors = await asyncio.to_thread(self.embed_documents, [t for t, _ in batch])
-        except Exception as error:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for (_, future), vector in zip(batch, vectors, strict=True):
-            if not future.done():
-                future.set_result(vector)
+
+# Statuses of an embedding request that may be one input's fault (a too-long or otherwise
+# refused text), not the batch's: its queries are then tried alone (``QueryBatches``).
+_ONE_INPUT_STATUSES = frozenset({400, 413, 422})
+
+
+def _one_input_refused(error: BaseException) -> bool:
+    return isinstance(error, openai.APIStatusError) and error.status_code in _ONE_INPUT_STATUSES
+
+
+class EndpointEmbeddings(OpenAIEmbeddings):
+    """langchain-openai's embeddings, with the queries of chats arriving together sent as
+    one request (``QueryBatches``): each request costs this process CPU in the openai SDK
+    and httpx whatever its size, and chats wait for that CPU one after another."""
+
+    _queries: QueryBatches | None = PrivateAttr(default=None)
+
+    async def aembed_query(self, text: str, **kwargs: Any) -> list[float]:
+        if kwargs:  # per-call options: not batched with other queries
+            return await super().aembed_query(text, **kwargs)
+        if self._queries is None:
+            self._queries = QueryBatches(self.aembed_documents, _one_input_refused)
+        return await self._queries.embed(text)
 
 
 def embedding_identity(settings: Settings) -> tuple[str, int | None]:
@@ -207,9 +274,6 @@ def build_embeddings(settings: Settings) -> Embeddings:
         return LocalMiniLMEmbeddings(
             batch_size=settings.embedding_batch_size, threads=settings.embedding_threads
         )
-    import openai
-    from langchain_openai import OpenAIEmbeddings
-
     if settings.embedding_base_url is None and settings.embedding_api_key is None:
         raise ConfigError(
             "RAG_EMBEDDING_PROVIDER=openai needs RAG_EMBEDDING_BASE_URL (an OpenAI-compatible "
@@ -217,7 +281,7 @@ def build_embeddings(settings: Settings) -> Embeddings:
         )
     model, dimensions = embedding_identity(settings)
     key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else "none"
-    return OpenAIEmbeddings(
+    return EndpointEmbeddings(
         model=model,
         base_url=settings.embedding_base_url,
         api_key=key,  # type: ignore[arg-type]
@@ -242,8 +306,6 @@ async def close_embeddings(embeddings: Embeddings) -> None:
 
     The local model stays loaded: it is a file in memory, and tests share one copy.
     """
-    from langchain_openai import OpenAIEmbeddings
-
     if not isinstance(embeddings, OpenAIEmbeddings):
         return
     if embeddings.http_client is not None:
