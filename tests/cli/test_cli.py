@@ -1,7 +1,14 @@
-"""The `rag` console script, run as a subprocess exactly as a user runs it."""
+"""The `rag` console script, run as a subprocess exactly as a user runs it.
+
+Each command (ingest, search, doctor) and each exit code runs as the real script at least
+once; checks that only vary the input (a second ingest, odd file names, a skipped file,
+Markdown in a hit) run in-process through ``invoke_rag``: the same Typer app and output,
+without seconds of start-up per command.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 from dataclasses import dataclass
@@ -10,7 +17,9 @@ from pathlib import Path
 import pytest
 from milvus_lite.server_manager import server_manager_instance
 
+from rag.embeddings import LocalMiniLMEmbeddings
 from tests.conftest import OpenEnv, copy_samples, fake_embeddings_env, run_rag, write_files
+from tests.support.cli_inprocess import invoke_rag
 from tests.support.fake_openai import FakeServer
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + bytes(32)
@@ -69,8 +78,16 @@ def test_ingest_prints_progress_and_summary(ingested: Ingested) -> None:
     assert numbers["chunks written"] == chunks > 3
 
 
-def test_second_ingest_shows_all_unchanged(ingested: Ingested) -> None:
-    result = run_rag("ingest", str(ingested.folder), cwd=ingested.workdir, **ingested.env)
+def test_second_ingest_shows_all_unchanged(
+    ingested: Ingested, local_embeddings: LocalMiniLMEmbeddings
+) -> None:
+    result = invoke_rag(
+        "ingest",
+        str(ingested.folder),
+        cwd=ingested.workdir,
+        embeddings=local_embeddings,
+        **ingested.env,
+    )
     assert result.returncode == 0, result.stderr
     numbers = summary(result.stdout)
     assert numbers["unchanged"] == 3
@@ -140,7 +157,7 @@ def test_exit_code_0_when_only_skipped_and_excluded(
         tmp_path / "docs",
         {"good.md": "# Good\n\nAnchor nuts: 40 Nm.", "empty.txt": "", "broken.pdf": b"junk"},
     )
-    result = run_rag(
+    result = invoke_rag(
         "ingest",
         str(folder),
         "--exclude",
@@ -169,7 +186,7 @@ def test_file_names_with_brackets_are_printed_as_they_are(
             "a[/]b.md": "# Odd\n\nOdd path.",
         },
     )
-    result = run_rag(
+    result = invoke_rag(
         "ingest",
         str(folder),
         cwd=tmp_path,
@@ -201,9 +218,11 @@ async def test_search_shows_markdown_links_verbatim(
     env = await open_env(milvus_uri=db, collection="links", **fake_embeddings_settings(fake_openai))
     assert (await env.ingest(folder)).ok
     env.store.client.close()
-    server_manager_instance.release_server(db)  # the console script needs the database lock
+    server_manager_instance.release_server(db)  # the CLI opens the file itself
 
-    result = run_rag(
+    # In a thread: the command runs its own event loop (asyncio.run), this test's is busy.
+    result = await asyncio.to_thread(
+        invoke_rag,
         "search",
         "manual torque values",
         "-k",
