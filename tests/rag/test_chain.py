@@ -7,6 +7,7 @@ loop, so every async test here runs in that loop (``SESSION_LOOP``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -39,6 +40,7 @@ from rag.errors import ConfigError, ModelUnavailable
 from rag.prompts import PROMPTS_DIR, load_prompts
 from rag.retrieval import Hit, SearchOptions, retrieve
 from rag.services import Services, open_services
+from tests.conftest import write_files
 from tests.support.fake_openai import FakeServer, default_reply, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -734,3 +736,86 @@ async def test_trimmed_passages_keep_the_fact_and_the_numbering(
     assert "2100" in short_prompt
     numbers = re.findall(r"^\[(\d+)\] \(source:", short_prompt, re.MULTILINE)
     assert numbers == re.findall(r"^\[(\d+)\] \(source:", long_prompt, re.MULTILINE)
+
+
+# --------------------------------------------------------------------------------------------
+# Chats arriving together: one embedding request for their questions
+# --------------------------------------------------------------------------------------------
+
+TOGETHER = {
+    "heron.md": "The Heron QH-640 drone has a wingspan of 2.9 metres and flies 95 km.",
+    "vpn.md": "To reset a VPN token, open the self-service portal and choose Reset token.",
+    "claims.md": "Expense claims above EUR 1,000 need the department head's approval.",
+}
+TOGETHER_QUESTIONS = [
+    "What is the wingspan of the Heron QH-640 drone?",
+    "How do I reset my VPN token?",
+    "Who approves expense claims above EUR 1,000?",
+]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def endpoint_services(tmp_path: Path) -> AsyncIterator[tuple[Services, FakeServer]]:
+    """Three short documents embedded by the loopback endpoint, which also answers."""
+    with serve() as server:
+        settings = chain_settings(
+            str(tmp_path / "endpoint.db"),
+            collection="chain_endpoint",
+            embedding_provider="openai",
+            embedding_base_url=server.base_url,
+            embedding_dimensions=384,
+            relevance_floor=0.0,  # bag-of-words vectors score lower than MiniLM's
+        )
+        async with open_services(settings) as opened:
+            docs = write_files(tmp_path / "docs", TOGETHER)
+            report = await ingest_path(docs, opened.store, settings)
+            assert report.ok, report.outcomes
+            yield opened, server
+        server_manager_instance.release_server(str(tmp_path / "endpoint.db"))
+
+
+def sources_of(answer: Answer) -> list[str]:
+    return [Path(hit.source).name for hit in answer.hits]
+
+
+@SESSION_LOOP
+async def test_questions_asked_together_share_one_embedding_request(
+    endpoint_services: tuple[Services, FakeServer],
+) -> None:
+    services, server = endpoint_services
+    chain = make_chain(services, server.base_url)
+    server.fake.reset()
+    alone = [await chain.ainvoke(q) for q in TOGETHER_QUESTIONS]
+    assert len(server.fake.embedding_requests()) == len(TOGETHER_QUESTIONS)
+    assert [sources_of(a)[0] for a in alone] == list(TOGETHER), "the documents must differ"
+
+    server.fake.reset()
+    together = await asyncio.gather(*(chain.ainvoke(q) for q in TOGETHER_QUESTIONS))
+    requests = server.fake.embedding_requests()
+    assert [r["input"] for r in requests] == [TOGETHER_QUESTIONS]
+    # each chat got the passages of its own question, as when asked alone
+    assert [sources_of(a) for a in together] == [sources_of(a) for a in alone]
+    assert [a.question for a in together] == TOGETHER_QUESTIONS
+
+
+@SESSION_LOOP
+async def test_a_batch_refused_as_bad_input_is_retried_question_by_question(
+    endpoint_services: tuple[Services, FakeServer],
+) -> None:
+    services, server = endpoint_services
+    chain = make_chain(services, server.base_url)
+    server.fake.reset()
+    server.fake.fail_next("embeddings", 400)  # as an endpoint refusing one too-long input
+    together = await asyncio.gather(*(chain.ainvoke(q) for q in TOGETHER_QUESTIONS))
+    assert all(a.answered for a in together)
+    inputs = [r["input"] for r in server.fake.embedding_requests()]
+    assert inputs[0] == TOGETHER_QUESTIONS
+    assert sorted(inputs[1:]) == sorted([q] for q in TOGETHER_QUESTIONS)
+    # a failure of the endpoint itself fails every chat of the batch, each in one line
+    server.fake.reset()
+    server.fake.fail_next("embeddings", 401)
+    results = await asyncio.gather(
+        *(chain.ainvoke(q) for q in TOGETHER_QUESTIONS), return_exceptions=True
+    )
+    assert all(isinstance(r, ModelUnavailable) for r in results), results
+    assert len(server.fake.embedding_requests()) == 1
