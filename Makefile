@@ -16,7 +16,7 @@ SAMPLES := sample_docs
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-llm install-browser install-postgres demo ui test test-reliability lint format ingest-samples clean
+.PHONY: install install-llm install-browser install-postgres demo ui test test-reliability test-heavy lint format ingest-samples clean
 
 install: $(STAMP)
 
@@ -97,6 +97,11 @@ test: install-llm install-browser install-postgres lint
 # The long fault and load runs (a representative subset is part of `make test`).
 test-reliability: install-llm install-postgres
 	$(VENV)/bin/pytest -m heavy tests/reliability
+
+# Every test left out of `make test` as heavy: the fault and load runs above, plus the
+# slow variants whose behaviour a faster test in `make test` already covers.
+test-heavy: install-llm install-browser install-postgres
+	$(VENV)/bin/pytest -m heavy
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -252,7 +252,13 @@ def change(folder: Path) -> None:
     (folder / "area3/new.md").write_text(paragraphs("new", 3), encoding="utf-8")
 
 
-@pytest.fixture(params=["lite-server", pytest.param("standalone", marks=pytest.mark.slow)])
+# On the standalone every Strong read waits for its time tick, so eight `rag ingest`
+# processes take close to a minute there: that case is `heavy` (`make test-heavy`). The
+# same convergence runs on the lite server in `make test`, and tests/rag/test_server_path.py
+# ingests and re-ingests through the CLI on the standalone there.
+@pytest.fixture(
+    params=["lite-server", pytest.param("standalone", marks=[pytest.mark.slow, pytest.mark.heavy])]
+)
 def server(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(
         "milvus_server" if request.param == "lite-server" else "milvus_standalone"
