@@ -13,8 +13,6 @@ key sees the shared documents and its own uploads, never another key's; uploads 
 and deleted as the caller's (`ingest.uploads.add_upload`, `remove_sources(owner=)`).
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import logging
@@ -352,7 +350,9 @@ def mount_api(
     ``GET /{full_path:path}`` that answers every path with its web page; routes added
     after it would never be reached. So the new routes are moved in front of the first
     catch-all (a route whose path ends in a ``:path`` parameter), keeping everything else
-    in its order.
+    in its order. FastAPI 0.165 adds an included router as one entry (``_IncludedRouter``,
+    fastapi/routing.py) whose routes are resolved on use; older ones add each route. Either
+    way what ``include_router`` appended is what is moved.
     """
     before = len(app.router.routes)
     app.include_router(api_router(get_assistant, keys, anonymous=anonymous))

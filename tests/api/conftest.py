@@ -101,13 +101,16 @@ def api_settings(db: str, fake: FakeServer, tmp: Path, **overrides: Any) -> Sett
     return make_settings(db, COLLECTION, **(values | overrides))
 
 
-def ingest_shared(settings: Settings, folder: Path) -> None:
-    async def go() -> None:
-        async with open_services(settings, recreate=True) as services:
-            report = await ingest_path(write_files(folder, SHARED_DOCS), services.store, settings)
-            assert report.ok, report.outcomes
+async def ingest_shared_here(settings: Settings, folder: Path) -> None:
+    """The shared documents ingested (owner SHARED), in the running loop."""
+    async with open_services(settings, recreate=True) as services:
+        report = await ingest_path(write_files(folder, SHARED_DOCS), services.store, settings)
+        assert report.ok, report.outcomes
 
-    asyncio.run(go())
+
+def ingest_shared(settings: Settings, folder: Path) -> None:
+    """`ingest_shared_here` for a fixture outside any loop."""
+    asyncio.run(ingest_shared_here(settings, folder))
 
 
 @pytest.fixture(scope="module")
