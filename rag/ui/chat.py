@@ -45,9 +45,9 @@ import os
 import time
 import uuid
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import chainlit as cl
 from chainlit.data import get_data_layer
@@ -72,7 +72,7 @@ from rag.chain import Answer, AnswerInterrupted, Condensed, RagChain, Retrieved,
 from rag.choices import SEARCH_LABELS, SearchMode
 from rag.config import get_settings
 from rag.errors import CollectionNotFound, ConfigError, RagError
-from rag.history import META_KEY, HistoryDataLayer, turns_from_steps
+from rag.history import META_KEY, HistoryDataLayer, loads, turns_from_steps
 from rag.retrieval import Hit, SearchOptions
 from rag.store.schema import SHARED
 from rag.ui.welcome import (
@@ -323,9 +323,13 @@ async def _source_names(store: Milvus, viewer: str) -> list[str]:
         return []
 
 
-@dataclass(frozen=True)
-class CollectionChoice:
-    """A collection the chat can answer from, as the settings panel offers it."""
+class CollectionChoice(NamedTuple):
+    """A collection the chat can answer from, as the settings panel offers it.
+
+    A NamedTuple, not a dataclass: `chainlit run` executes this file without registering
+    it in ``sys.modules`` (config.load_module), and the dataclass decorator looks its
+    module up there to resolve string annotations.
+    """
 
     name: str
     documents: int  # the viewer's: the shared documents and their own uploads
@@ -446,8 +450,23 @@ async def _resume(thread: ThreadDict) -> None:
     cl.user_session.set("history", turns[-KEPT_TURNS:])
     helper = await _assistant_or_say_why()
     if helper is not None:
-        # Chainlit restored the thread's last chat settings into the session.
-        await _ready_session(helper, cl.context.session.chat_settings or {})
+        # Chainlit restored the thread's last chat settings into the session. They are
+        # written when a chat disconnects, a write that can be lost (a SQLite database busy
+        # with the answer's own writes), so the collection the last answer came from, kept
+        # with it, stands in when they name none.
+        values = dict(cl.context.session.chat_settings or {})
+        if not values.get(COLLECTION_KEY) and (answered := answered_from(thread)):
+            values[COLLECTION_KEY] = answered
+        await _ready_session(helper, values)
+
+
+def answered_from(thread: ThreadDict) -> str | None:
+    """The collection the thread's last answer came from (its stored record), if any."""
+    for step in reversed(list(thread.get("steps") or [])):
+        record = loads(step.get("metadata")).get(META_KEY)
+        if isinstance(record, dict) and isinstance(record.get("collection"), str):
+            return str(record["collection"])
+    return None
 
 
 async def _ready_session(helper: Assistant, values: dict[str, Any] | None = None) -> None:
@@ -691,12 +710,14 @@ def _elements(hits: list[Hit]) -> tuple[str, list[cl.Text]]:
     ), elements
 
 
-def _answer_record(question_id: str, answer: Answer) -> dict[str, Any]:
+def _answer_record(question_id: str, answer: Answer, collection: str) -> dict[str, Any]:
     """What the stored answer carries for resuming and `rag feedback`: the question, the
-    answer without its sources listing, and the sources with their passages."""
+    answer without its sources listing, the sources with their passages, and the
+    collection they came from."""
     data = answer.to_dict()
     return {
         "question_id": question_id,
+        "collection": collection,
         "question": data["question"],
         "standalone": data["standalone_question"],
         "answer": data["answer"],
@@ -759,7 +780,8 @@ async def _message(message: cl.Message) -> None:
                     f"{event.text}\n\n**{title}**\n{listing}" if event.hits else event.text
                 ) + (TINY_NOTE if helper.tiny and event.answered else "")
                 reply.elements = elements  # type: ignore[assignment]
-                reply.metadata = {META_KEY: _answer_record(message.id, event)}
+                record = _answer_record(message.id, event, chain.store.collection_name)
+                reply.metadata = {META_KEY: record}
                 turns += [(message.id, "user", question), (message.id, "assistant", event.text)]
                 cl.user_session.set("history", turns[-KEPT_TURNS:])
     except AnswerInterrupted as error:
