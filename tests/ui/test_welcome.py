@@ -186,3 +186,93 @@ def test_a_template_without_the_keys_is_refused() -> None:
         chainlit_config(
             template.replace("allow_origins =", "# allow_origins:"), origins=[], max_size_mb=1
         )
+
+
+# --- starters and the Readme per collection -------------------------------------------------
+
+
+def test_starters_come_from_a_collections_own_file(tmp_path: Path) -> None:
+    from rag.ui.welcome import starters_for
+
+    (tmp_path / "handbook.md").write_text("- Leave: How many days of leave do I get?\n")
+    assert starters_for("handbook", ["a.pdf"], tmp_path) == [
+        ("Leave", "How many days of leave do I get?")
+    ]
+    # a name that is not a collection name is never looked up as a file
+    (tmp_path / "x.md").write_text("- Escape: Which file is this?\n")
+    assert starters_for("../x", ["a.pdf"], tmp_path / "sub") == [("a", "What is a.pdf about?")]
+
+
+def test_the_samples_starters_are_the_samples_collections_only(tmp_path: Path) -> None:
+    from rag.ui.welcome import SAMPLES_COLLECTION, starters_for
+
+    samples = load_starters()
+    assert SAMPLES_COLLECTION == "documents"
+    assert starters_for("documents", ["employee_handbook_2025.pdf"], tmp_path) == samples
+    other = starters_for("team_docs", ["handbook/travel_policy-2025.pdf", "faq.md"], tmp_path)
+    assert other == [
+        ("travel policy 2025", "What is handbook/travel_policy-2025.pdf about?"),
+        ("faq", "What is faq.md about?"),
+    ]
+    assert not set(other) & set(samples)
+    assert starters_for("empty", [], tmp_path) == []
+    many = starters_for("big", [f"doc{i}.txt" for i in range(10)], tmp_path)
+    assert [label for label, _ in many] == ["doc0", "doc1", "doc2", "doc3"]
+
+
+def test_document_titles_are_short_labels() -> None:
+    from rag.ui.welcome import document_title
+
+    assert document_title("kitchen/olga.md") == "olga"
+    assert document_title(".env") == ".env"
+    assert document_title("notes") == "notes"
+    long = document_title("a_" * 40 + ".txt")
+    assert len(long) == 40 and long.endswith("…")
+
+
+def test_welcome_names_the_other_collections() -> None:
+    text = render_welcome("handbook", "m", ["a.md"], None, [("bravo", 2), ("gamma", 1)])
+    mine, others = text.split("## Other collections", 1)
+    assert "**handbook** holds" in mine and "- a.md" in mine and "bravo" not in mine
+    assert "- **bravo**: 2 documents" in others and "- **gamma**: 1 document\n" in others
+    assert "settings" in others
+    assert "Other collections" not in render_welcome("handbook", "m", ["a.md"])
+
+
+def test_the_collection_select_shows_only_with_a_choice() -> None:
+    from rag.retrieval import SearchOptions
+    from rag.ui.chat import CollectionChoice, settings_widgets
+
+    options = SearchOptions()
+    one = [CollectionChoice("atlas", 3)]
+    assert [w.id for w in settings_widgets(options, [], collections=one)] == [
+        "k",
+        "mmr",
+        "search",
+        "source",
+    ]
+    two = [CollectionChoice("atlas", 3), CollectionChoice("bravo", 1)]
+    widgets = settings_widgets(options, [], collections=two, collection="bravo")
+    choice = widgets[0].to_dict()
+    assert choice["id"] == "collection" and choice["initial"] == "bravo"
+    assert choice["items"] == [
+        {"label": "atlas (3 documents)", "value": "atlas"},
+        {"label": "bravo (1 document)", "value": "bravo"},
+    ]
+    gone = settings_widgets(options, [], collections=two, collection="dropped")[0].to_dict()
+    assert gone["initial"] == "atlas"
+
+
+def test_a_resumed_thread_names_the_collection_of_its_last_answer() -> None:
+    import json
+
+    from rag.ui.chat import answered_from
+
+    def answer(collection: str | None) -> dict[str, object]:
+        record = {"answer": "…"} if collection is None else {"collection": collection}
+        return {"type": "assistant_message", "metadata": json.dumps({"rag": record})}
+
+    thread = {"steps": [answer("bravo"), {"type": "user_message"}, answer("gamma")]}
+    assert answered_from(thread) == "gamma"  # type: ignore[arg-type]
+    assert answered_from({"steps": [answer(None)]}) is None  # type: ignore[arg-type]
+    assert answered_from({"steps": []}) is None  # type: ignore[arg-type]
