@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +16,25 @@ NO_KEYS = (
 )
 BOTH = "--no-auth would ignore RAG_API_KEYS: unset it, or drop --no-auth"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _server(config: Any) -> Any:
+    """A uvicorn server that stops on SIGTERM/SIGINT and then returns.
+
+    uvicorn raises the signal it caught again once it has shut down (``capture_signals``,
+    uvicorn/server.py 0.54), which kills the process inside `open_assistant`'s block: the
+    bundled model and the Milvus clients would never be closed. Forgetting the signal
+    after asking the server to stop lets the block close everything, and `rag serve`
+    exits 0 (a second Ctrl-C still forces the exit, by uvicorn's own rule).
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server(config)
 
 
 @app.command()
@@ -59,7 +79,7 @@ def serve(
                 f"[bold green]API:[/] http://{host}:{port}/v1 (answers by {assistant.llm_label})",
                 highlight=False,
             )
-            await uvicorn.Server(config).serve()
+            await _server(config).serve()
 
     run_async(go)
 
