@@ -104,7 +104,6 @@ class AnswerRun:
                     break
                 if isinstance(item, BaseException):
                     raise run.failure(item)
-                assert not isinstance(item, BaseException)
                 run.first.append(item)  # type: ignore[arg-type]
                 if isinstance(item, Token | Answer):
                     break

@@ -52,6 +52,9 @@ def test_serve_without_keys_refuses_in_one_line(workdir: tuple[Path, dict[str, s
     bad = run_rag("serve", cwd=cwd, **variables, RAG_API_KEYS="alice:secret")
     assert bad.returncode == 2 and "not an argon2 hash" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+    entry = run_rag("api-key", "alice", cwd=cwd).stdout.splitlines()[1]
+    both = run_rag("serve", "--no-auth", cwd=cwd, **variables, RAG_API_KEYS=entry)
+    assert both.returncode == 2 and "--no-auth would ignore RAG_API_KEYS" in both.stderr
 
 
 def test_api_key_then_serve_answers_the_openai_sdk(
@@ -85,9 +88,9 @@ def test_api_key_then_serve_answers_the_openai_sdk(
             )
             assert "40 Nm" in (completion.choices[0].message.content or "")
             assert (completion.model_extra or {})["sources"][0]["source"] == "torque.md"
-        with openai.OpenAI(base_url=base_url, api_key="alice.wrong", max_retries=0) as wrong:
-            with pytest.raises(openai.AuthenticationError):
-                wrong.models.list()
+        wrong = openai.OpenAI(base_url=base_url, api_key="alice.wrong", max_retries=0)
+        with wrong, pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
