@@ -73,13 +73,24 @@ class OpenAIRoute(APIRoute):
     FastAPI parses the body and runs the dependencies inside the handler this returns
     (fastapi/routing.py ``get_request_handler``), so a bad body (RequestValidationError)
     and a refused key (ApiError from a dependency) are caught here too.
+
+    That order also means a multipart body is received (spooled to disk by Starlette)
+    before the key is checked, so a route with a ``body_limit`` refuses a declared
+    Content-Length above it first, without reading the body.
     """
+
+    body_limit: Callable[[], Awaitable[int]] | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
             try:
+                if self.body_limit is not None:
+                    declared = request.headers.get("content-length", "")
+                    limit = await self.body_limit()
+                    if declared.isdigit() and int(declared) > limit + FORM_SLACK:
+                        raise _too_large("the upload", int(declared), limit)
                 return await handler(request)
             except ApiError as error:
                 return error.response()
@@ -221,7 +232,6 @@ def api_router(
 
     @router.post("/documents", status_code=201)
     async def upload(
-        request: Request,
         who: OwnerDep,
         file: Annotated[UploadFile, File(description="A document (.pdf, .md, .txt, …).")],
         model: Annotated[str | None, Form(max_length=255)] = None,
@@ -229,7 +239,7 @@ def api_router(
         """Add a document only the caller will find (stored and searched as its owner's)."""
         helper = await assistant()
         settings = helper.services.settings
-        limit = int(settings.upload_max_mb * MB)
+        limit = await upload_limit()
         name = file.filename or "upload"
         if file.size is not None and file.size > limit:
             raise _too_large(name, file.size, limit)
@@ -255,6 +265,13 @@ def api_router(
             "unchanged": result.unchanged,
             "model": chain.store.collection_name,
         }
+
+    async def upload_limit() -> int:
+        return int((await assistant()).services.settings.upload_max_mb * MB)
+
+    for route in router.routes:
+        if isinstance(route, OpenAIRoute) and route.endpoint is upload:
+            route.body_limit = upload_limit
 
     @router.get("/documents")
     async def documents(

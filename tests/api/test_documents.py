@@ -4,6 +4,7 @@ and never another key's, whether it searches, asks, lists or deletes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +47,23 @@ async def listed(http: httpx.AsyncClient, api: RunningApi, owner: str) -> list[d
     response = await http.get(f"{api.base_url}/documents", headers=api.headers(owner))
     assert response.status_code == 200, response.text
     return list(response.json()["data"])
+
+
+async def declared_upload(api: RunningApi, length: int) -> int:
+    """The status of an upload that declares ``length`` bytes and sends none of them."""
+    host, port = api.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST /v1/documents HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: multipart/form-data; boundary=x\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 60)
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
 
 
 async def test_search_finds_passages_with_the_search_options(
@@ -137,6 +155,9 @@ async def test_a_refused_upload_says_why(http: httpx.AsyncClient, running_api: R
     too_big = running_api.settings.upload_max_mb * 1024 * 1024 + 1
     large = await upload(http, running_api, "alice", "big.txt", b"a" * int(too_big))
     assert large.status_code == 413 and large.json()["error"]["code"] == "file_too_large"
+    # Refused by its declared length before any of the body is sent, even without a key:
+    # the request line and headers alone get the answer.
+    assert await declared_upload(running_api, int(too_big) * 2) == 413
     no_file = await http.post(
         f"{running_api.base_url}/documents", headers=running_api.headers("alice")
     )
