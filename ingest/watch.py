@@ -152,6 +152,7 @@ class FolderWatch:
         # How the settle window is waited out; tests write into a file during it.
         self.settle_wait = settle_wait
         self.known: Snapshot = {}  # each file's state as the store last took it
+        self.busy = False  # a batch is under way (its rows may be in before it is reported)
         self._events: set[str] = set()
         self._woken = asyncio.Event()
         self._retry = Retrier(
@@ -214,6 +215,7 @@ class FolderWatch:
                 return
             self._woken.clear()
             events, self._events = self._events, set()
+            self.busy = True
             try:
                 batch = await self._batch(events, stop)
             except RagError as error:
@@ -221,6 +223,8 @@ class FolderWatch:
                 self.notes.note("(watch)", f"{error}; trying again in {self.retry_after:.0f} s")
                 again = await _first_of(asyncio.sleep(self.retry_after), stop)
                 continue
+            finally:
+                self.busy = False
             if batch is None:  # stopped while files settled: nothing was written
                 return
             on_batch(batch)
