@@ -153,9 +153,13 @@ def sample_sources() -> set[str]:
     return {p.relative_to(SAMPLE_DOCS).as_posix() for p in SAMPLE_DOCS.rglob("*") if p.is_file()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster for one test module (skipped where none can run)."""
+    """A throwaway PostgreSQL cluster for the session (skipped where none can run).
+
+    initdb and a server start cost seconds, so modules share one cluster: a test that
+    needs a clean schema creates a database of its own name on it (CREATE DATABASE).
+    """
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)

@@ -1,8 +1,11 @@
 """`rag ask` as a user runs it: the console script in a subprocess, a database built by
 `rag ingest`, and the loopback fake OpenAI server as the chat model.
 
-Milvus Lite locks a database file to one process, so this module never opens its database
-in-process: `rag ingest` builds it and each `rag ask` opens it in turn.
+Milvus Lite locks a database file to one process, so each command opens the database in
+turn. Streaming, the cut-off stream and the unreachable model run as the console script;
+the database is filled, and the JSON and off-topic answers are checked, in-process
+(``invoke_rag``, with the session's loaded local model): the same app and output without
+seconds of start-up each.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from rag.chain import NOTHING_FOUND
+from rag.embeddings import LocalMiniLMEmbeddings
 from rag.errors import ModelUnavailable
 from rag.local.server import free_port
 from tests.conftest import copy_samples
+from tests.support.cli_inprocess import invoke_rag
 from tests.support.fake_openai import FakeServer, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +41,7 @@ TIMEOUT = 120
 class Workspace:
     cwd: Path  # no .env here, so only the variables we pass count
     db: Path
+    embeddings: LocalMiniLMEmbeddings
 
 
 @dataclass
@@ -94,17 +100,20 @@ def run_rag(*args: str, cwd: Path, **variables: str) -> Run:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, local_embeddings: LocalMiniLMEmbeddings
+) -> Workspace:
     """Three sample documents ingested by `rag ingest` into a fresh database file."""
     root = tmp_path_factory.mktemp("ask-cli")
     docs = copy_samples(root / "docs", CORPUS)
     cwd = root / "cwd"
     cwd.mkdir()
     db = root / "milvus.db"
-    run = run_rag("ingest", str(docs), cwd=cwd, RAG_MILVUS_URI=str(db))
+    run = invoke_rag("ingest", str(docs), cwd=cwd, embeddings=local_embeddings,
+                     RAG_MILVUS_URI=str(db))  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert db.exists()
-    return Workspace(cwd, db)
+    return Workspace(cwd, db, local_embeddings)
 
 
 @pytest.fixture
@@ -118,6 +127,19 @@ def ask(workspace: Workspace, base_url: str, *args: str) -> Run:
         "ask",
         *args,
         cwd=workspace.cwd,
+        RAG_MILVUS_URI=str(workspace.db),
+        RAG_LLM_BASE_URL=base_url,
+        RAG_LLM_MODEL="fake",
+    )
+
+
+def ask_here(workspace: Workspace, base_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``rag ask ARGS`` in-process: the same command, without a process start."""
+    return invoke_rag(
+        "ask",
+        *args,
+        cwd=workspace.cwd,
+        embeddings=workspace.embeddings,
         RAG_MILVUS_URI=str(workspace.db),
         RAG_LLM_BASE_URL=base_url,
         RAG_LLM_MODEL="fake",
@@ -158,7 +180,7 @@ def test_ask_streams_the_answer_then_prints_a_sources_table(
 
 
 def test_ask_json_prints_one_json_object(workspace: Workspace, fake_llm: FakeServer) -> None:
-    run = ask(
+    run = ask_here(
         workspace,
         fake_llm.base_url,
         "--json",
@@ -191,7 +213,7 @@ def test_ask_json_prints_one_json_object(workspace: Workspace, fake_llm: FakeSer
 def test_ask_off_topic_lists_closest_passages_without_asking_the_model(
     workspace: Workspace, fake_llm: FakeServer
 ) -> None:
-    run = ask(workspace, fake_llm.base_url, "Who won the 2018 football world cup?")
+    run = ask_here(workspace, fake_llm.base_url, "Who won the 2018 football world cup?")
 
     assert run.returncode == 0, run.stderr
     assert NOTHING_FOUND in " ".join(run.stdout.split())

@@ -5,6 +5,9 @@ layer), `rag feedback`, the socket.io client of ``tests/support/chainlit_client.
 a real login cookie, Chainlit's HTTP API (threads, thread, feedback), and the loopback fake
 OpenAI server, whose recorded requests show what the model was asked after a conversation
 was resumed. The schema and its migrations are tested on their own in test_history_schema.py.
+
+`rag feedback` runs once as the console script; the ingests that set a test up and the other
+exports run in-process (``invoke_rag``), which spares seconds of start-up each.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ import pytest
 from rag.local.server import free_port
 from tests.conftest import MILVUS_LITE_BIN, _wait_for_milvus, stop_process_group
 from tests.support.chainlit_client import ChainlitClient, Turn, login
+from tests.support.cli_inprocess import invoke_rag
 from tests.support.fake_openai import FakeOpenAI, FakeServer, serve
-from tests.support.ui_process import start_ui, stop_group, wait_http
+from tests.support.ui_process import RAG_BIN, start_ui, stop_group, wait_http
 from tests.ui.test_chat_ui import (
     DOCS,
     FALCON_Q,
     OLGA_Q,
-    RAG_BIN,
     _env,
 )
 
@@ -61,8 +64,14 @@ def _rag(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProc
     )
 
 
-def _ingest(root: Path, env: dict[str, str]) -> None:
-    result = _rag("ingest", str(_write_docs(root)), cwd=root, env=env)
+async def _rag_here(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``rag ARGS`` in this process, in a thread: the command runs its own event loop."""
+    variables = {k: v for k, v in env.items() if k.startswith("RAG_")}
+    return await asyncio.to_thread(invoke_rag, *args, cwd=cwd, **variables)
+
+
+async def _ingest(root: Path, env: dict[str, str]) -> None:
+    result = await _rag_here("ingest", str(_write_docs(root)), cwd=root, env=env)
     assert result.returncode == 0, f"rag ingest failed:\n{result.stdout}\n{result.stderr}"
 
 
@@ -136,7 +145,7 @@ async def test_history_survives_a_restart_and_feedback_is_exported(
 ) -> None:
     env = _env(tmp_path, fake.base_url) | USERS
     env["RAG_DATABASE_URL"] = f"sqlite:///{tmp_path / 'history' / 'chat.db'}"
-    _ingest(tmp_path, env)
+    await _ingest(tmp_path, env)
 
     with _uis(tmp_path, env) as (url,):
         alice = await _client(url, "alice")
@@ -193,13 +202,15 @@ async def test_history_survives_a_restart_and_feedback_is_exported(
     assert down["sources"][0]["source"] == "falcon.txt" and down["time"].endswith("Z")
 
     out = tmp_path / "feedback.csv"
-    table = _rag("feedback", "--format", "csv", "--output", str(out), cwd=tmp_path, env=env)
+    table = await _rag_here(
+        "feedback", "--format", "csv", "--output", str(out), cwd=tmp_path, env=env
+    )
     assert table.returncode == 0, table.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
     assert [r["score"] for r in rows] == ["down", "up"], rows
     assert rows[0]["sources"].startswith("falcon.txt") and rows[0]["user"] == "alice"
 
-    evals = _rag("feedback", "--as-eval", "--score", "down", cwd=tmp_path, env=env)
+    evals = await _rag_here("feedback", "--as-eval", "--score", "down", cwd=tmp_path, env=env)
     assert evals.returncode == 0, evals.stderr
     assert [json.loads(line) for line in evals.stdout.splitlines()] == [
         {"question": FALCON_Q, "answer": "should also say who rotates it", "source": "falcon.txt"}
@@ -211,7 +222,7 @@ async def test_two_uis_share_one_postgresql_history(
 ) -> None:
     env = _env(tmp_path, fake.base_url) | USERS
     env |= {"RAG_MILVUS_URI": milvus_server, "RAG_DATABASE_URL": postgres_url}
-    _ingest(tmp_path, env)
+    await _ingest(tmp_path, env)
 
     with _uis(tmp_path, env, count=2) as (one, two):
         alice_one = await _client(one, "alice")
@@ -238,7 +249,7 @@ async def test_two_uis_share_one_postgresql_history(
         assert "smoked plums" in _condense_prompt(fake)
         await resumed.close()
 
-    exported = _rag("feedback", cwd=tmp_path, env=env)
+    exported = await _rag_here("feedback", cwd=tmp_path, env=env)
     assert exported.returncode == 0, exported.stderr
     (record,) = [json.loads(line) for line in exported.stdout.splitlines()]
     assert record["user"] == "alice" and record["score"] == "up" and record["comment"] == "spot on"
@@ -273,7 +284,7 @@ async def test_milvus_down_at_start_is_reported_and_the_chat_recovers(
         try:
             # off the event loop, so the client's socket keeps answering pings meanwhile
             await asyncio.to_thread(_wait_for_milvus, uri, milvus, 60)
-            await asyncio.to_thread(_ingest, tmp_path, env)
+            await _ingest(tmp_path, env)
             turn = await client.ask(FALCON_Q, limit=60)
             assert "ZX-4471" in _answer(turn), turn.summary()
             # the session got its settings panel once Milvus answered

@@ -9,14 +9,18 @@ What a real process gives for free is recreated here: no inherited ``RAG_*`` var
 no ``.env`` of the developer's (cwd is the test's folder), a 200-column console (rich reads
 ``COLUMNS`` from ``os.environ`` on every size lookup, see ``rich.console.Console.size``),
 and the database file free again afterwards (Milvus Lite runs in the calling process and
-locks the file until ``release_server``, ``milvus_lite.server_manager``).
+locks the file until ``release_server``, ``milvus_lite.server_manager``). The logging the
+command's callback configures for itself (``rag.cli.app.main``: basicConfig, quieter
+library loggers) is put back afterwards, so it cannot change what later tests log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +32,22 @@ import rag.services
 from rag.cli import app
 
 CONSOLE = {"COLUMNS": "200", "NO_COLOR": "1"}
+QUIETED = ("langchain_milvus", "grpc._server")  # the loggers rag.cli.app.main sets
+
+
+@contextlib.contextmanager
+def logging_kept() -> Iterator[None]:
+    """Root handlers and level, and the levels ``main`` sets, as they were before."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in QUIETED}
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, old in levels.items():
+            logging.getLogger(name).setLevel(old)
 
 
 def invoke_rag(
@@ -42,7 +62,7 @@ def invoke_rag(
     unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RAG_")}
     # CliRunner's default "sys" capture: stdout and stderr kept apart (click >= 8.2).
     runner = CliRunner(env={**unset, **CONSOLE, **variables})
-    with contextlib.chdir(cwd), pytest.MonkeyPatch.context() as patch:
+    with contextlib.chdir(cwd), logging_kept(), pytest.MonkeyPatch.context() as patch:
         if embeddings is not None:
             real = rag.services.build_embeddings
             patch.setattr(

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,10 @@ import pytest
 
 from tests.conftest import fake_embeddings_env, write_files
 from tests.support.chainlit_client import ChainlitClient, Turn
+from tests.support.cli_inprocess import invoke_rag
 from tests.support.docs import DOCS, FALCON_Q, OLGA_Q, TALLINN_Q
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, serve
-from tests.support.ui_process import RAG_BIN, running_ui
+from tests.support.ui_process import running_ui
 
 pytestmark = pytest.mark.slow
 
@@ -79,21 +79,16 @@ def _env(root: Path, base_url: str) -> dict[str, str]:
 def ingested_ui(
     docs: Path, cwd: Path, root: Path, env: dict[str, str], start_timeout: float = 30
 ) -> Iterator[tuple[str, Path]]:
-    """Ingest ``docs`` with `rag ingest`, then run `rag ui` on a free port until exit.
+    """Ingest ``docs`` (`rag ingest`, in-process), then run `rag ui` on a free port until exit.
 
     Yields the UI's URL and its log file. Ingest must finish first: Milvus Lite
     lets one process at a time open a database file. ``start_timeout`` is longer for a
     UI that first starts the bundled local model.
     """
-    ingest = subprocess.run(
-        [str(RAG_BIN), "ingest", str(docs)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # In-process: `rag ingest` as a console script is tested in tests/cli/; here it only
+    # fills the database, and a process start would cost seconds per UI.
+    variables = {k: v for k, v in env.items() if k.startswith("RAG_")}
+    ingest = invoke_rag("ingest", str(docs), cwd=cwd, **variables)
     assert ingest.returncode == 0, f"rag ingest failed:\n{ingest.stdout}\n{ingest.stderr}"
     log = root / "ui.log"
     with running_ui(cwd=cwd, env=env, log=log, timeout=start_timeout) as url:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from rag.auth import hash_password
 from rag.local.server import free_port
 from tests.conftest import run_rag
+from tests.support.cli_inprocess import invoke_rag
 from tests.support.ui_process import running_ui as start_ui_at
 
 
@@ -77,11 +79,21 @@ def test_chat_is_open_without_users(tmp_path: Path) -> None:
         assert written["features"]["spontaneous_file_upload"]["max_size_mb"] == 3
 
 
-@pytest.mark.parametrize("users", ["alice", "alice:", ":pw", "alice:pw,,bob:x"])
-def test_malformed_users_stop_rag_ui_with_one_line(tmp_path: Path, users: str) -> None:
+# The first value runs as the console script; the others only vary the input and run
+# in-process (``invoke_rag``): the same settings check stops `rag ui` before it serves.
+@pytest.mark.parametrize(
+    ("users", "run"),
+    [("alice", run_rag), ("alice:", invoke_rag), (":pw", invoke_rag),
+     ("alice:pw,,bob:x", invoke_rag)],
+    ids=["alice", "alice:", ":pw", "alice:pw,,bob:x"],
+)  # fmt: skip
+@pytest.mark.timeout(60)
+def test_malformed_users_stop_rag_ui_with_one_line(
+    tmp_path: Path, users: str, run: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     """Never a chat without login because the user list did not parse."""
-    done = run_rag(
-        "ui", "--port", str(free_port()), cwd=tmp_path, timeout=60,
+    done = run(
+        "ui", "--port", str(free_port()), cwd=tmp_path,
         RAG_UI_USERS=users, RAG_MILVUS_URI=str(tmp_path / "m.db"),
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
