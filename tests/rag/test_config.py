@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from rag.auth import mint_api_key
 from rag.config import Settings, load_settings
 from rag.errors import ConfigError
 from tests.conftest import run_rag
@@ -143,17 +144,21 @@ def _secret_fields() -> list[str]:
 def test_every_secret_is_masked_in_public_view(monkeypatch: pytest.MonkeyPatch) -> None:
     secrets = _secret_fields()
     assert {"milvus_token", "embedding_api_key", "llm_api_key"} <= set(secrets)
+    # RAG_API_KEYS takes argon2 entries only (a plain key stops the start): a real one.
+    api_entry = mint_api_key("alice")[1]
     for number, name in enumerate(secrets):
         # RAG_UI_USERS must be a valid user list (a malformed one stops the start).
         user = "alice:" if name == "ui_users" else ""
-        monkeypatch.setenv(f"RAG_{name.upper()}", f"{user}s3cr3t-value-{number}")
+        value = api_entry if name == "api_keys" else f"{user}s3cr3t-value-{number}"
+        monkeypatch.setenv(f"RAG_{name.upper()}", value)
     settings = load_settings()
     view = settings.public_view()
-    assert "s3cr3t-value" not in repr(view)
+    assert "s3cr3t-value" not in repr(view) and api_entry.split(":", 1)[1] not in repr(view)
     for name in secrets:
         assert view[name] == "********"
         value = getattr(settings, name)
-        assert isinstance(value, SecretStr) and "s3cr3t" in value.get_secret_value()
+        expected = api_entry if name == "api_keys" else "s3cr3t"
+        assert isinstance(value, SecretStr) and expected in value.get_secret_value()
     # public_view keeps everything else readable
     assert view["chunk_size"] == 800
     assert view["milvus_uri"] == "./data/milvus.db"
