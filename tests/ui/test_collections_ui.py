@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -303,6 +304,71 @@ async def _sources(ui: CollectionsUI, collection: str) -> list[dict[str, Any]]:
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()
     return list(json.loads(out))
+
+
+def _pick_in_chromium(url: str, chromium: str) -> None:
+    """Sign in, choose bravo in the settings panel, ask, and press one of its starters.
+
+    Playwright's sync API, run in a thread of its own by the test so it stays clear of the
+    test's event loop; the helpers are the browser tests' own.
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.ui.test_browser import (
+        ANSWER,
+        CHROMIUM_ARGS,
+        TIMEOUT_MS,
+        VIEWPORT,
+        answer_with,
+        ask,
+        confirm_settings,
+        open_settings,
+        sign_in,
+        source_links,
+        wait_for_chat,
+    )
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport=VIEWPORT).new_page()  # type: ignore[arg-type]
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            sign_in(page, "alice", PASSWORD)
+            wait_for_chat(page)
+            dialog = open_settings(page)
+            dialog.locator("#collection").click()
+            page.get_by_role("option", name="bravo (2 documents)", exact=True).click()
+            expect(dialog.locator("#collection")).to_have_text("bravo (2 documents)")
+            confirm_settings(dialog)
+            described = answer_with(page, "Now answering from").inner_text()
+            assert "bravo" in described and "heron.txt" in described, described
+
+            ask(page, HERON_Q)
+            answer = answer_with(page, "Sources")
+            assert "42 kilometres" in answer.inner_text(), answer.inner_text()
+            assert source_links(answer)[0] == "[1] heron.txt", source_links(answer)
+
+            page.get_by_role("button", name="glacier").click()
+            expect(page.locator('[data-step-type="user_message"]').last).to_contain_text(
+                "What is stations/glacier.md about?"
+            )
+            second = answer_with(page, "Sources", count=2)
+            links = [re.sub(r"^\[\d+\] ", "", link) for link in source_links(second)]
+            assert links and set(links) <= set(BRAVO), links
+            assert page.locator(ANSWER).count() >= 3
+        finally:
+            browser.close()
+
+
+async def test_in_chromium_a_collection_is_picked_in_the_settings_panel(
+    collections_ui: CollectionsUI,
+) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    await asyncio.to_thread(_pick_in_chromium, collections_ui.url, chromium)
 
 
 def _answered_from(thread: dict[str, Any]) -> list[str]:
