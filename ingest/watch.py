@@ -100,8 +100,9 @@ class Batch:
         if not parts:
             return None
         clock = datetime.now().strftime("%H:%M:%S")
-        written = f"{self.report.chunks_written} chunks written in {self.report.seconds:.1f} s"
-        return f"{clock} " + "; ".join(parts) + f" ({written})"
+        chunks = self.report.chunks_written
+        written = f"{chunks} chunks written, " if chunks else ""
+        return f"{clock} " + "; ".join(parts) + f" ({written}{self.report.seconds:.1f} s)"
 
 
 def _described(outcome: FileOutcome) -> str:
