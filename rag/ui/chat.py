@@ -86,6 +86,7 @@ from rag.ui.welcome import (
 
 if TYPE_CHECKING:
     from langchain_milvus import Milvus
+    from pymilvus import MilvusClient
 
 log = logging.getLogger(__name__)
 ALL_SOURCES = "All documents"
@@ -339,6 +340,23 @@ class CollectionChoice(NamedTuple):
         return f"{self.name} ({count_documents(self.documents)})"
 
 
+def _answerable_collections(client: MilvusClient, model: str) -> list[str]:
+    """Blocking: the collections this app built with embedding ``model``, by name.
+
+    Read with the configured store's own client: `Assistant.collections` would open a new
+    connection and count every collection's rows on each chat start, and only names and
+    identities are needed here.
+    """
+    from rag.store.milvus import read_identity
+
+    names = []
+    for name in sorted(client.list_collections()):
+        identity = read_identity(client, name)
+        if identity is not None and identity.embedding_model == model:
+            names.append(name)
+    return names
+
+
 async def collection_choices(helper: Assistant, viewer: str) -> list[CollectionChoice]:
     """The collections of this Milvus built by this app with this embedding model, with
     the documents ``viewer`` may see in each; the configured one is always among them.
@@ -347,14 +365,16 @@ async def collection_choices(helper: Assistant, viewer: str) -> list[CollectionC
     it) and reads its cached catalog; a collection that fails to open is left out (logged).
     """
     from rag.embeddings import embedding_identity
+    from rag.store.milvus import MILVUS_ERRORS
 
     model = embedding_identity(helper.services.settings)[0]
     try:
-        infos = await helper.collections()
-    except RagError as error:
+        names = await asyncio.to_thread(
+            _answerable_collections, helper.services.store.client, model
+        )
+    except MILVUS_ERRORS as error:  # the choice is a convenience; the configured one answers
         log.warning("could not list the collections: %s", error)
-        infos = []
-    names = [i.name for i in infos if i.identity and i.identity.embedding_model == model]
+        names = []
     if helper.collection not in names:
         names.insert(0, helper.collection)
     choices = []
