@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import openai
@@ -28,6 +28,9 @@ from rag.errors import ConfigError, ModelUnavailable, Service
 
 if TYPE_CHECKING:
     from rag.config import Settings
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 LOCAL_MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
 LOCAL_DIMENSION = 384
@@ -76,70 +79,71 @@ def local_model_files() -> tuple[Path, Path]:
     return model, tokenizer
 
 
-class QueryBatches:
-    """Queries asked in the same event-loop iteration, embedded with one call.
+class Batches(Generic[T, R]):
+    """Items asked for in the same event-loop iteration, handled by one call.
 
-    Why: many chats arriving together each embed their question first. One request (or one
-    ONNX run) over 50 short questions costs about what one over a single question does,
-    while 50 separate ones cost 50 times the CPU of this process (an HTTP request through
-    the openai SDK is ~2-3 ms of it) under one GIL, before any chat sees its first token
-    (bench/serving.py). A query asked alone is embedded alone, one loop iteration later.
+    Why: many chats arriving together each embed their question, then search with it. One
+    request (or one ONNX run) over 50 short questions costs about what one over a single
+    question does, while 50 separate ones cost 50 times the CPU of this process (an HTTP
+    request through the openai SDK is ~2-3 ms of it, a Milvus search ~1 ms) under one GIL,
+    before any chat sees its first token (bench/serving.py). An item asked for alone is
+    handled alone, one loop iteration later.
 
-    ``isolate``: errors that may belong to one query rather than to the batch (an endpoint
-    refusing a too-long input); the batch's queries are then tried one by one, so one bad
-    query fails only its own chat.
+    ``isolate``: errors that may belong to one item rather than to the batch (an endpoint
+    refusing a too-long input); the batch's items are then tried one by one, so one bad
+    item fails only its own chat.
     """
 
     def __init__(
         self,
-        embed: Callable[[list[str]], Awaitable[list[list[float]]]],
+        call: Callable[[list[T]], Awaitable[list[R]]],
         isolate: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
-        self._embed = embed
+        self._call = call
         self._isolate = isolate
         self._pending: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, list[tuple[str, asyncio.Future[list[float]]]]
+            asyncio.AbstractEventLoop, list[tuple[T, asyncio.Future[R]]]
         ] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def embed(self, text: str) -> list[float]:
+    async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[float]] = loop.create_future()
+        future: asyncio.Future[R] = loop.create_future()
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
             task = loop.create_task(self._flush(loop))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        pending.append((text, future))
+        pending.append((item, future))
         return await future
 
     async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        await asyncio.sleep(0)  # let every query issued in this loop iteration join
+        await asyncio.sleep(0)  # let every item asked for in this loop iteration join
         batch = self._pending.pop(loop, [])
         try:
-            vectors = await self._embed([text for text, _ in batch])
+            results = await self._call([item for item, _ in batch])
         except Exception as error:
             if len(batch) > 1 and self._isolate(error):
-                await asyncio.gather(*(self._one(text, future) for text, future in batch))
+                await asyncio.gather(*(self._one(item, future) for item, future in batch))
                 return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, future), vector in zip(batch, vectors, strict=True):
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
-                future.set_result(vector)
+                future.set_result(result)
 
-    async def _one(self, text: str, future: asyncio.Future[list[float]]) -> None:
+    async def _one(self, item: T, future: asyncio.Future[R]) -> None:
         try:
-            vector = (await self._embed([text]))[0]
+            result = (await self._call([item]))[0]
         except Exception as error:
             if not future.done():
                 future.set_exception(error)
             return
         if not future.done():
-            future.set_result(vector)
+            future.set_result(result)
 
 
 class LocalMiniLMEmbeddings(Embeddings):
@@ -155,7 +159,7 @@ class LocalMiniLMEmbeddings(Embeddings):
         self.batch_size = batch_size
         self.threads = threads or os.cpu_count() or 1
         self._lock = threading.Lock()
-        self._queries = QueryBatches(self.aembed_documents)
+        self._queries: Batches[str, list[float]] = Batches(self.aembed_documents)
 
     @cached_property
     def _runtime(self) -> tuple[Any, Any]:
@@ -223,11 +227,11 @@ class LocalMiniLMEmbeddings(Embeddings):
         while 50 separate runs queue behind the lock: measured by bench/serving.py,
         time to first token at 50 concurrent chats otherwise grows with the queue.
         """
-        return await self._queries.embed(text)
+        return await self._queries.submit(text)
 
 
 # Statuses of an embedding request that may be one input's fault (a too-long or otherwise
-# refused text), not the batch's: its queries are then tried alone (``QueryBatches``).
+# refused text), not the batch's: its queries are then tried alone (``Batches``).
 _ONE_INPUT_STATUSES = frozenset({400, 413, 422})
 
 
@@ -237,17 +241,17 @@ def _one_input_refused(error: BaseException) -> bool:
 
 class EndpointEmbeddings(OpenAIEmbeddings):
     """langchain-openai's embeddings, with the queries of chats arriving together sent as
-    one request (``QueryBatches``): each request costs this process CPU in the openai SDK
+    one request (``Batches``): each request costs this process CPU in the openai SDK
     and httpx whatever its size, and chats wait for that CPU one after another."""
 
-    _queries: QueryBatches | None = PrivateAttr(default=None)
+    _queries: Batches[str, list[float]] | None = PrivateAttr(default=None)
 
     async def aembed_query(self, text: str, **kwargs: Any) -> list[float]:
         if kwargs:  # per-call options: not batched with other queries
             return await super().aembed_query(text, **kwargs)
         if self._queries is None:
-            self._queries = QueryBatches(self.aembed_documents, _one_input_refused)
-        return await self._queries.embed(text)
+            self._queries = Batches(self.aembed_documents, _one_input_refused)
+        return await self._queries.submit(text)
 
 
 def embedding_identity(settings: Settings) -> tuple[str, int | None]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ from pydantic import TypeAdapter, model_validator
 from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
 from rag.choices import Ranker, SearchMode
+from rag.embeddings import Batches
 from rag.store.filters import all_of, sources_expr, visible_to
 from rag.store.schema import (
     METADATA_FIELDS,
@@ -190,20 +192,83 @@ def _lend_scores(picked: list[Document], scored: list[tuple[Document, float]]) -
 
 
 async def _dense(store: Milvus, question: str, options: SearchOptions, expr: str) -> list[Hit]:
-    """Vector search through langchain-milvus.
+    """Vector search: the plain one batched with other chats' (``_dense_searches``), MMR
+    through langchain-milvus.
 
     MMR in langchain-milvus returns documents without scores, so the scored search
     over the same candidates runs concurrently and lends its scores to the MMR picks.
     """
     if not options.mmr:
-        scored = await store.asimilarity_search_with_score(question, k=options.k, expr=expr)
-        return [Hit(doc, float(score)) for doc, score in scored]
+        if store.col is None:  # as langchain-milvus answers a missing collection
+            return []
+        vector = await store.embeddings.aembed_query(question)
+        return await _dense_searches(store).submit(_DenseSearch(vector, expr, options.k))
     fetch_k = _fetch_k(options)
     picked, scored = await asyncio.gather(
         store.amax_marginal_relevance_search(question, k=options.k, fetch_k=fetch_k, expr=expr),
         store.asimilarity_search_with_score(question, k=fetch_k, expr=expr),
     )
     return _lend_scores(picked, scored)
+
+
+@dataclass(frozen=True)
+class _DenseSearch:
+    vector: list[float]
+    expr: str
+    k: int
+
+
+# Per store, the dense searches asked for in one loop iteration: those with the same filter
+# and k go to Milvus as one request with several query vectors (pymilvus' ``data`` takes a
+# list; ``results[i]`` are the hits of ``data[i]``). Chats arriving together get their query
+# vectors together (``rag.embeddings.Batches``), and each search is a gRPC call costing this
+# process about a millisecond of CPU under one GIL. The same request langchain-milvus 0.4
+# sends for one vector (``_acollection_search``): the cosine metric of the collection's
+# index, the store's output fields, and its timeout.
+_DENSE_SEARCHES: weakref.WeakKeyDictionary[Milvus, Batches[_DenseSearch, list[Hit]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _dense_searches(store: Milvus) -> Batches[_DenseSearch, list[Hit]]:
+    batches = _DENSE_SEARCHES.get(store)
+    if batches is None:
+        owner = weakref.ref(store)  # the batches must not keep their store alive
+
+        async def search(asked: list[_DenseSearch]) -> list[list[Hit]]:
+            alive = owner()
+            if alive is None:  # pragma: no cover - a store is alive while it is searched
+                raise RuntimeError("the store was closed")
+            return await _search_together(alive, asked)
+
+        batches = _DENSE_SEARCHES[store] = Batches(search)
+    return batches
+
+
+async def _search_together(store: Milvus, asked: list[_DenseSearch]) -> list[list[Hit]]:
+    """One request per (filter, k) among ``asked``; the hits of each search, in order."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for index, search in enumerate(asked):
+        groups.setdefault((search.expr, search.k), []).append(index)
+
+    async def one(expr: str, k: int) -> Any:
+        return await store.aclient.search(
+            store.collection_name,
+            data=[asked[i].vector for i in groups[expr, k]],
+            anns_field=VECTOR_FIELD,
+            search_params=COSINE_PARAMS,
+            limit=k,
+            filter=expr,
+            output_fields=OUTPUT_FIELDS,
+            timeout=store.timeout,
+        )
+
+    found = await asyncio.gather(*(one(expr, k) for expr, k in groups))
+    hits: list[list[Hit]] = [[] for _ in asked]
+    for indexes, results in zip(groups.values(), found, strict=True):
+        for index, row in zip(indexes, results, strict=True):
+            hits[index] = [Hit(_document(hit), float(hit["distance"])) for hit in row]
+    return hits
 
 
 @dataclass(frozen=True)

@@ -819,3 +819,35 @@ async def test_a_batch_refused_as_bad_input_is_retried_question_by_question(
     )
     assert all(isinstance(r, ModelUnavailable) for r in results), results
     assert len(server.fake.embedding_requests()) == 1
+
+
+@SESSION_LOOP
+async def test_searches_asked_together_share_a_request_per_filter_and_keep_their_own_hits(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = services.store
+    first_source = (await retrieve(store, KNOWN_QUESTIONS[0], SearchOptions()))[0].source
+    asked = [
+        (KNOWN_QUESTIONS[0], SearchOptions()),
+        (KNOWN_QUESTIONS[1], SearchOptions()),
+        (KNOWN_QUESTIONS[2], SearchOptions()),
+        (KNOWN_QUESTIONS[3], SearchOptions(k=2)),  # another k: a request of its own
+        (KNOWN_QUESTIONS[1], SearchOptions(sources=(first_source,))),  # another filter
+        (KNOWN_QUESTIONS[4], SearchOptions(viewer="alice")),  # another viewer
+    ]
+    alone = [await retrieve(store, question, options) for question, options in asked]
+    requests: list[int] = []
+    search = store.aclient.search
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        requests.append(len(kwargs["data"]))
+        return await search(*args, **kwargs)
+
+    monkeypatch.setattr(store.aclient, "search", counted)
+    together = await asyncio.gather(*(retrieve(store, q, options) for q, options in asked))
+    assert sorted(requests) == [1, 1, 1, 3]
+    for got, expected in zip(together, alone, strict=True):
+        assert [h.document for h in got] == [h.document for h in expected]
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-5)
+    assert {h.source for h in together[4]} == {first_source}
+    assert len(together[3]) == 2
