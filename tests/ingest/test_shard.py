@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from ingest.plan import Planner, Scope
 from ingest.shard import Shard, parse_shard, resolve_shard, shard_of
 from rag.errors import ConfigError
 from tests.conftest import RAG_BIN, cli_env, run_rag, stop_process_group, write_files
+from tests.support.cli_inprocess import invoke_rag
 from tests.support.fake_openai import FakeOpenAI, FakeOpenAIConfig, FakeServer, serve
 from tests.support.milvus_standalone import milvus_standalone  # noqa: F401 - a fixture
 
@@ -140,21 +141,27 @@ def test_contradictions_and_half_values_stop_the_start(
     assert str(caught.value).startswith(named), caught.value
 
 
+# The last case runs as the console script; the others only vary the value and run
+# in-process (``invoke_rag``: the same command and output without a process start).
 @pytest.mark.parametrize(
-    ("args", "variables", "named"),
+    ("args", "variables", "named", "run"),
     [
-        (("--shard", "4/3"), {}, "--shard: "),
-        ((), {"RAG_INGEST_SHARD": "a/b"}, "RAG_INGEST_SHARD: "),
-        ((), {"JOB_COMPLETION_INDEX": "1"}, "JOB_COMPLETION_INDEX is set"),
-        ((), {"RAG_INGEST_SHARD_COUNT": "x"}, "RAG_INGEST_SHARD_COUNT: "),
-        (("--shard", "2/3"), {}, "several ingest workers need a Milvus server"),
+        (("--shard", "4/3"), {}, "--shard: ", invoke_rag),
+        ((), {"RAG_INGEST_SHARD": "a/b"}, "RAG_INGEST_SHARD: ", invoke_rag),
+        ((), {"JOB_COMPLETION_INDEX": "1"}, "JOB_COMPLETION_INDEX is set", invoke_rag),
+        ((), {"RAG_INGEST_SHARD_COUNT": "x"}, "RAG_INGEST_SHARD_COUNT: ", invoke_rag),
+        (("--shard", "2/3"), {}, "several ingest workers need a Milvus server", run_rag),
     ],
 )
 def test_the_command_stops_with_one_line(
-    tmp_path: Path, args: tuple[str, ...], variables: dict[str, str], named: str
+    tmp_path: Path,
+    args: tuple[str, ...],
+    variables: dict[str, str],
+    named: str,
+    run: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     folder = write_files(tmp_path / "docs", {"a.md": "# A\n\nText."})
-    result = run_rag(
+    result = run(
         "ingest", str(folder), *args, cwd=tmp_path, RAG_MILVUS_URI=str(tmp_path / "m.db"),
         **variables,
     )  # fmt: skip
@@ -213,7 +220,13 @@ class Cluster:
         )
 
     def run(self, folder: Path, collection: str, *args: str) -> str:
-        return finish(self.start(folder, collection, *args))
+        """One `rag ingest` to its end, in this process: the reference the workers must
+        match is the same command, without a process start (the workers stay processes)."""
+        result = invoke_rag("ingest", str(folder), "--collection", collection, *args,
+                            cwd=self.cwd, **self.variables)  # fmt: skip
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        return out
 
     def workers(self, folder: Path, collection: str, count: int = WORKERS) -> list[str]:
         """``count`` workers started at once, each to the end; their output."""
