@@ -425,8 +425,10 @@ def main() -> None:
         "",
         f"CPU of this process per chat, question to first token (chats one at a time), and "
         f"what {top} chats arriving together need (the GIL runs them one at a time), beside "
-        "the measured p95 TTFT increase over a single chat. The local model embeds queries "
-        "that arrive together as one batch, so its chats share most of that CPU:",
+        "the measured p95 TTFT increase over a single chat. Questions that arrive together "
+        "are embedded as one batch (one ONNX run, or one request to an endpoint) and searched "
+        "as one Milvus request per filter, so those chats share that part of the CPU "
+        "(`python -m bench.chat_cpu --profile` shows where the rest goes):",
         "",
         *markdown_table(
             ["embeddings@milvus", "CPU ms per chat", f"{top} × CPU per chat ms",
