@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 from pydantic import SecretStr
@@ -11,6 +13,7 @@ from rag.auth import mint_api_key
 from rag.config import Settings, load_settings
 from rag.errors import ConfigError
 from tests.conftest import run_rag
+from tests.support.cli_inprocess import invoke_rag
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -171,21 +174,22 @@ def test_unset_and_empty_secrets_are_not_shown_as_set(monkeypatch: pytest.Monkey
     assert view["llm_api_key"] is None
 
 
+# The first runs as the console script, the second only varies the value and runs
+# in-process (``invoke_rag``: the same command and output without a process start).
 @pytest.mark.parametrize(
-    ("variable", "value"),
-    [("RAG_CHUNK_SIZE", "abc"), ("RAG_EMBEDDING_BASE_URL", "localhost:11434")],
+    ("variable", "value", "run"),
+    [("RAG_CHUNK_SIZE", "abc", run_rag), ("RAG_EMBEDDING_BASE_URL", "localhost:11434", invoke_rag)],
 )
 def test_cli_ingest_with_bad_variable_exits_with_one_line(
-    tmp_path: Path, variable: str, value: str
+    tmp_path: Path, variable: str, value: str, run: Callable[..., CompletedProcess[str]]
 ) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.md").write_text("# A\n\nSome text.")
-    result = run_rag(
+    result = run(
         "ingest",
         str(folder),
         cwd=tmp_path,
-        timeout=60,
         RAG_MILVUS_URI=str(tmp_path / "m.db"),
         **{variable: value},
     )

@@ -9,11 +9,12 @@ import pytest
 from milvus_lite.server_manager import server_manager_instance
 from pymilvus import MilvusClient
 
-from rag.embeddings import embedding_identity
+from rag.embeddings import LocalMiniLMEmbeddings, embedding_identity
 from rag.errors import EmbeddingMismatch
 from rag.retrieval import PassageRetriever, SearchOptions, retrieve
 from rag.store.milvus import CollectionIdentity, _create_collection, bm25_unavailable_reason
 from tests.conftest import Corpus, OpenEnv, make_settings, run_rag
+from tests.support.cli_inprocess import invoke_rag
 
 SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 # Questions that name an exact identifier. Pure vector search used to rank another
@@ -157,7 +158,11 @@ async def test_old_schema_version_asks_for_a_rebuild(open_env: OpenEnv, session_
         await open_env(collection=name)
 
 
-def test_cli_mode_option_and_fallback_note(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_cli_mode_option_and_fallback_note(
+    tmp_path_factory: pytest.TempPathFactory, local_embeddings: LocalMiniLMEmbeddings
+) -> None:
+    """`rag search --mode hybrid` as the console script; the ingest before it and the
+    refused mode run in-process (``invoke_rag``), sparing two process starts."""
     workdir = tmp_path_factory.mktemp("cli_modes")
     db = workdir / "m.db"
     client = MilvusClient(uri=str(db))
@@ -168,10 +173,11 @@ def test_cli_mode_option_and_fallback_note(tmp_path_factory: pytest.TempPathFact
         server_manager_instance.release_server(str(db))  # let the CLI open the file
     (workdir / "doc.md").write_text("# Codes\n\nFault D-99 means the hatch is stuck open.\n")
     env = {"RAG_MILVUS_URI": str(db), "RAG_COLLECTION": "plain"}
-    assert run_rag("ingest", str(workdir / "doc.md"), cwd=workdir, **env).returncode == 0
+    here = {"cwd": workdir, "embeddings": local_embeddings, **env}
+    assert invoke_rag("ingest", str(workdir / "doc.md"), **here).returncode == 0
     result = run_rag("search", "D-99", "--mode", "hybrid", cwd=workdir, **env)
     assert result.returncode == 0, result.stderr
     assert "hybrid search is unavailable" in result.stderr and "dense" in result.stderr
     assert "hatch is stuck" in result.stdout
-    bad = run_rag("search", "D-99", "--mode", "fuzzy", cwd=workdir, **env)
+    bad = invoke_rag("search", "D-99", "--mode", "fuzzy", **here)
     assert bad.returncode == 2 and "fuzzy" in bad.stderr
