@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 MAX_NAME = 120
 DIGEST_CHARS = 12  # of the content's SHA-256, at the front of the stored name
 OWNER_DIR_CHARS = 16  # of the owner key's SHA-256: the owner's folder
+UPLOAD_RETRY_ATTEMPTS = 2
+UPLOAD_RETRY_MAX_WAIT = 1.0  # seconds
 MB = 1024 * 1024  # Chainlit checks max_size_mb in these units (server.validate_file_size)
 
 
@@ -54,6 +56,9 @@ class UploadResult:
     passages: int = 0
     problem: str | None = None  # why it was refused or failed, starting with its name
     unchanged: bool = False  # the same file was already there: nothing was written
+    # The outside failure behind ``problem`` (Milvus or the embedding endpoint down), kept so
+    # the HTTP API answers 503/502 as for a question; None for a refusal or a bad file.
+    error: RagError | None = field(default=None, compare=False, repr=False)
 
     @property
     def line(self) -> str:
@@ -189,11 +194,15 @@ async def add_upload(
                 owner=owner,
                 source_prefix=f"{UPLOADS_PREFIX}{folder}/",
                 fallback_title=Path(shown).stem,
+                # Someone is waiting in the chat or on the API: fail in seconds, not after a
+                # folder ingest's patience (5 tries, waits up to 8 s); they can send it again.
+                retry_attempts=UPLOAD_RETRY_ATTEMPTS,
+                retry_max_wait=UPLOAD_RETRY_MAX_WAIT,
             )
     except UploadRejected as error:
         return UploadResult(shown, problem=str(error))
     except RagError as error:
-        return UploadResult(shown, problem=f"{shown}: {error}")
+        return UploadResult(shown, problem=f"{shown}: {error}", error=error)
     source = f"{UPLOADS_PREFIX}{folder}/{stored.name}"
     outcome = report.outcomes[0] if report.outcomes else None
     if outcome is None:

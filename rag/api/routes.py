@@ -253,8 +253,9 @@ def api_router(
                 chain.store, settings, owner=who.owner, name=name, temp_path=temp_path
             )
         invalidate(chain.store)
-        if result.problem is not None:
-            # add_upload reports a failed ingest as a line, not as its error type.
+        if result.error is not None:  # Milvus or the embedding endpoint: 503/502, retryable
+            raise from_rag_error(result.error, chain.store.collection_name)
+        if result.problem is not None:  # this file could not be read: the caller's to fix
             raise ApiError(422, result.problem, "invalid_request_error", "upload_failed")
         return {
             "object": "document",

@@ -100,3 +100,17 @@ async def test_a_stream_cut_after_text_ends_with_an_error_event(own_api: Running
         with pytest.raises(openai.APIError, match="cut off"):
             async for _ in stream:
                 pass
+
+
+async def test_an_upload_when_milvus_is_down_is_503(own_api: RunningApi) -> None:
+    """An upload that failed outside (not a bad file) is retryable, as a question is; the
+    one mapping of failures (`rag.api.errors.from_rag_error`) serves both."""
+    server_manager_instance.release_server(own_api.settings.milvus_uri)  # the Lite server stops
+    async with httpx.AsyncClient(timeout=120) as http:
+        response = await http.post(
+            f"{own_api.base_url}/documents",
+            files={"file": ("heron.txt", b"The heron code is HX-77.", "text/plain")},
+            headers=own_api.headers("alice"),
+        )
+    assert response.status_code == 503, response.text
+    assert error_of(response)["code"] == "store_unavailable"
