@@ -34,6 +34,7 @@ from rag.services import Services, open_services
 from rag.store import records
 from tests.conftest import (
     RAG_BIN,
+    RecordingReporter,
     cli_env,
     fake_embeddings_env,
     make_settings,
@@ -82,19 +83,26 @@ class Collections:
     fresh: Services
 
     async def expected(self, folder: Path) -> Rows:
-        """What one fresh ingest of ``folder`` writes."""
-        await records.delete_where(self.fresh.store, 'pk != ""')
-        await ingest_path(folder, self.fresh.store, self.fresh.settings)
-        return await stored_rows(self.fresh.store)
+        return await fresh_ingest(self.fresh, folder)
+
+
+async def fresh_ingest(services: Services, folder: Path) -> Rows:
+    """What one ingest of ``folder`` into an emptied collection writes."""
+    await records.delete_where(services.store, 'pk != ""')
+    await ingest_path(folder, services.store, services.settings)
+    return await stored_rows(services.store)
+
+
+def endpoint_settings(base_url: str) -> dict[str, str]:
+    """fake_embeddings_env as settings (``RAG_EMBEDDING_PROVIDER`` -> embedding_provider)."""
+    variables = fake_embeddings_env(base_url)
+    return {key.removeprefix("RAG_").lower(): value for key, value in variables.items()}
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def collections(tmp_path: Path, fake_openai: FakeServer) -> AsyncIterator[Collections]:
     database = str(tmp_path / "milvus.db")
-    endpoint = {
-        key.removeprefix("RAG_").lower(): value
-        for key, value in fake_embeddings_env(fake_openai.base_url).items()
-    }
+    endpoint = endpoint_settings(fake_openai.base_url)
     watched = await open_services(make_settings(database, "watched", **endpoint, **CHUNKING))
     fresh = await open_services(make_settings(database, "fresh", **endpoint, **CHUNKING))
     try:
@@ -336,6 +344,32 @@ async def test_a_file_written_in_pieces_is_ingested_only_complete(
         assert len(waited) >= len(pieces) - 1  # it was seen growing, and left each time
 
 
+# --- failures --------------------------------------------------------------------------------
+
+
+async def test_a_failed_batch_is_noted_and_tried_again(
+    collections: Collections, tmp_path: Path, fake_openai: FakeServer
+) -> None:
+    """An outside failure the pipeline gives up on (here a refused embedding request, which
+    no retry can fix) does not end the watch: one note, and the batch is tried again."""
+    folder = write_files(tmp_path / "docs", {"a.md": text("alpha")})
+    notes = RecordingReporter()
+    async with watching(collections.watched, folder, notes=notes, retry_after=0.05) as watch:
+        await watch.matches(collections, folder)
+        fake_openai.fake.fail_next("embeddings", 400)
+        write_files(folder, {"b.md": text("bravo")})
+
+        async def noted() -> bool:
+            return any(source == "(watch)" for source, _ in notes.notes)
+
+        await watch.until(noted, "a note that the batch failed")
+        rows = await watch.matches(collections, folder)  # the fault is used up: it went through
+        assert sources(rows) == {"a.md", "b.md"}
+        line = next(message for source, message in notes.notes if source == "(watch)")
+        assert "trying again in" in line and "\n" not in line, line
+        assert watch.writes("b.md") == ["added"]
+
+
 # --- several workers -------------------------------------------------------------------------
 
 
@@ -430,16 +464,21 @@ def test_the_command_watches_until_sigint_and_exits_0(
     folder = write_files(tmp_path / "docs", {"a.md": text("alpha"), "sub/b.md": text("beta")})
     variables = {
         "RAG_MILVUS_URI": milvus_server,
-        "RAG_CHUNK_SIZE": "200",
-        "RAG_CHUNK_OVERLAP": "20",
+        **{f"RAG_{name.upper()}": str(value) for name, value in CHUNKING.items()},
         **fake_embeddings_env(fake_openai.base_url),
     }
+    settings = make_settings(
+        milvus_server, "fresh_cli", **endpoint_settings(fake_openai.base_url), **CHUNKING
+    )
 
     def fresh() -> Rows:
-        result = run_rag("ingest", str(folder), "-c", "fresh_cli", "--recreate", cwd=tmp_path,
-                         **variables)  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-        return server_rows(milvus_server, "fresh_cli")
+        """A fresh ingest in this process (the server is shared; quicker than a process)."""
+
+        async def ingest() -> Rows:
+            async with await open_services(settings) as services:
+                return await fresh_ingest(services, folder)
+
+        return asyncio.run(ingest())
 
     process = subprocess.Popen(
         [str(RAG_BIN), "ingest", str(folder), "-c", "watched_cli", "--watch",
