@@ -53,6 +53,7 @@ import chainlit as cl
 from chainlit.data import get_data_layer
 from chainlit.data.base import BaseDataLayer
 from chainlit.input_widget import InputWidget, Select, Slider, Switch
+from chainlit.session import WebsocketSession
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
@@ -398,8 +399,9 @@ def _choose(name: str) -> None:
     """Make ``name`` the session's collection, in the settings Chainlit keeps in the thread's
     metadata too (`WebsocketSession.to_persistable`), so a resumed chat starts there."""
     cl.user_session.set(COLLECTION_KEY, name)
-    with contextlib.suppress(Exception):  # no websocket session (nothing to persist)
-        cl.context.session.chat_settings[COLLECTION_KEY] = name
+    session = cl.context.session
+    if isinstance(session, WebsocketSession):  # an HTTP session keeps no settings
+        session.chat_settings[COLLECTION_KEY] = name
 
 
 def gone_collection(name: str, instead: str) -> str:
@@ -409,16 +411,32 @@ def gone_collection(name: str, instead: str) -> str:
 
 async def _chain(helper: Assistant) -> RagChain:
     """The chain over the session's collection; if that has gone, the configured one's,
-    after one line saying so."""
+    after one line saying so.
+
+    `chain_for` checks that a collection exists when it first opens it, and keeps it; one
+    dropped since would only fail at the search, so another collection's existence is
+    asked again (one quick call; if Milvus is down the question reports that itself).
+    """
+    from rag.store.milvus import MILVUS_ERRORS
+
     name = _chosen(helper)
     try:
+        if name != helper.collection:
+            with contextlib.suppress(*MILVUS_ERRORS):
+                client = helper.services.store.client
+                if not await asyncio.to_thread(client.has_collection, name):
+                    raise CollectionNotFound(name)
         return await helper.chain_for(name)
     except CollectionNotFound:
         reason = gone_collection(name, helper.collection)
     except RagError as error:
         reason = f"⚠️ {error}; answering from “{helper.collection}”."
     _choose(helper.collection)
+    options = cl.user_session.get("options")
+    if isinstance(options, SearchOptions):  # its document filter named the other's documents
+        cl.user_session.set("options", replace(options, sources=()))
     await cl.Message(content=reason).send()
+    await send_settings(helper)
     return helper.chain
 
 

@@ -10,7 +10,6 @@ provides embeddings and the chat model; `tests/support/chainlit_client.py` plays
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import shutil
@@ -421,12 +420,23 @@ async def test_a_resumed_chat_keeps_its_collection_until_it_is_dropped(
 
     from pymilvus import MilvusClient
 
-    milvus = MilvusClient(uri=collections_ui.milvus_uri)
+    live = await _client(collections_ui, "bob")  # a chat in gamma while it is dropped
     try:
-        milvus.drop_collection("gamma")
-    finally:
-        with contextlib.suppress(Exception):
+        await _choose(live, "gamma")
+        milvus = MilvusClient(uri=collections_ui.milvus_uri)
+        try:
+            milvus.drop_collection("gamma")
+        finally:
             milvus.close()
+        turn = await live.ask(FALCON_Q)
+        said = [str(m.get("output")) for m in turn.assistant_messages()]
+        assert said[0] == (
+            "⚠️ There is no collection “gamma” to answer from; answering from “atlas”."
+        ), said
+        assert _cited(turn)[0] == "falcon.txt"
+        assert _widgets(live)["collection"]["initial"] == CONFIGURED
+    finally:
+        await live.close()
 
     fallback = await _client(collections_ui, thread_id=thread_id)
     try:
