@@ -384,5 +384,14 @@ def mount_api(
 
 
 def _catch_all(route: BaseRoute) -> bool:
-    path = getattr(route, "path", "")
-    return isinstance(path, str) and bool(re.search(r"\{[^}]*:path\}$", path))
+    """A route whose path ends in a ``:path`` parameter, or an included router holding one.
+
+    Chainlit declares its routes, the catch-all last, on an APIRouter that it includes
+    (chainlit/server.py); FastAPI 0.165 keeps that as one ``_IncludedRouter`` entry with no
+    path of its own and the routes on its ``original_router``, so look inside it.
+    """
+    path = getattr(route, "path", None)
+    if isinstance(path, str) and re.search(r"\{[^}]*:path\}$", path):
+        return True
+    inner = getattr(getattr(route, "original_router", None), "routes", ())
+    return any(_catch_all(child) for child in inner)

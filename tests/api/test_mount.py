@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 from milvus_lite.server_manager import server_manager_instance
 
@@ -48,17 +48,20 @@ async def assistant(
 
 
 def host_app() -> FastAPI:
-    """A UI-like app: its own API route, then a catch-all that answers every GET."""
+    """A UI-like app: its own API route, then a catch-all that answers every GET, both on
+    a router the app includes, as chainlit/server.py declares its routes."""
     app = FastAPI()
+    router = APIRouter()
 
-    @app.get("/project/settings")
+    @router.get("/project/settings")
     async def own() -> JSONResponse:
         return JSONResponse({"ui": True})
 
-    @app.get("/{full_path:path}")
+    @router.get("/{full_path:path}")
     async def spa(full_path: str) -> HTMLResponse:
         return HTMLResponse(PAGE)
 
+    app.include_router(router)
     return app
 
 
