@@ -225,7 +225,7 @@ class FolderWatch:
                 batch = await self._batch(events, stop)
             except RagError as error:
                 self._events |= events  # nothing is forgotten: the next try sees them too
-                self.notes.note("(watch)", f"{error}; trying again in {self.retry_after:.0f} s")
+                self.notes.note("(watch)", f"{error}; trying again in {self.retry_after:g} s")
                 again = await _first_of(asyncio.sleep(self.retry_after), stop)
                 continue
             finally:

@@ -68,17 +68,19 @@ def ingest(
         ),
     ] = False,
     debounce: Annotated[
-        float,
-        typer.Option(min=0.001, help="With --watch: seconds to group file events over."),
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            min=0.001, help="With --watch: seconds to group file events over (default 1)."
+        ),
+    ] = None,
     settle: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.0,
             help="With --watch: seconds a changed file must keep its size and time before "
-            "it is read (a file still being written waits).",
+            "it is read, so a file still being written waits (default 1).",
         ),
-    ] = 1.0,
+    ] = None,
 ) -> None:
     """Load, split, embed and write a folder of documents; re-runs write only what changed."""
     from ingest.pipeline import ingest_path
@@ -94,6 +96,8 @@ def ingest(
         raise fail(SourceNotFound(f"no such file or folder: {path}"))
     if watch and not path.expanduser().is_dir():
         raise fail(ConfigError(f"--watch keeps a folder in sync; {path} is not a folder"))
+    if not watch and (debounce is not None or settle is not None):
+        raise fail(ConfigError("--debounce and --settle are for --watch"))
 
     async def go() -> bool:
         if watch:
@@ -128,18 +132,29 @@ async def watch_folder(
     part: Shard | None,
     *,
     recreate: bool,
+    debounce: float | None,
+    settle: float | None,
     **options: Any,
 ) -> bool:
-    """The first run as without --watch, then batch after batch until a signal stops it."""
+    """The first run as without --watch, then batch after batch until a signal stops it.
+
+    ``options``: FolderWatch's include, exclude and keep_missing.
+    """
     from ingest.report import ConsoleReporter, summary_table
-    from ingest.watch import FolderWatch
+    from ingest.watch import DEBOUNCE, SETTLE, FolderWatch
     from rag.services import open_services
 
     async with open_services(settings, recreate=recreate) as services:
         with ConsoleReporter(console) as reporter:
-            # options: include, exclude, keep_missing, debounce, settle (FolderWatch's).
             watcher = FolderWatch(
-                path, services.store, settings, shard=part, notes=reporter, **options
+                path,
+                services.store,
+                settings,
+                shard=part,
+                debounce=DEBOUNCE if debounce is None else debounce,
+                settle=SETTLE if settle is None else settle,
+                notes=reporter,
+                **options,
             )
             report = await watcher.sync(reporter)
         console.print(summary_table(report))

@@ -512,11 +512,21 @@ def test_the_command_watches_until_sigint_and_exits_0(
         stop_process_group(process)
 
 
-def test_watch_refuses_a_single_file_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("a.md", "--watch"), "not a folder"),
+        ((".", "--settle", "0.5"), "are for --watch"),
+        ((".", "--debounce", "0.5"), "are for --watch"),
+    ],
+)
+def test_the_watch_options_are_refused_where_they_mean_nothing(
+    tmp_path: Path, args: tuple[str, ...], fragment: str
+) -> None:
     folder = write_files(tmp_path / "docs", {"a.md": text("alpha")})
-    result = run_rag("ingest", str(folder / "a.md"), "--watch", cwd=tmp_path,
+    result = run_rag("ingest", str(folder / args[0]), *args[1:], cwd=tmp_path,
                      RAG_MILVUS_URI=str(tmp_path / "m.db"))  # fmt: skip
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--watch" in lines[0] and "not a folder" in lines[0], lines
-    assert not (tmp_path / "m.db").exists()
+    assert len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "m.db").exists()  # stopped before opening anything
