@@ -206,8 +206,11 @@ async def test_failed_start_up_does_not_leave_the_local_model_running(
             await asyncio.to_thread(server.stop)
 
 
-async def _stream_chat(base_url: str, question: str) -> tuple[str, str | None]:
-    """One streamed chat completion through the openai client: its text and finish reason."""
+async def _stream_chat(
+    base_url: str, question: str, streaming: asyncio.Event | None = None
+) -> tuple[str, str | None]:
+    """One streamed chat completion through the openai client: its text and finish reason;
+    ``streaming`` is set once the first chunk has arrived."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0)
@@ -222,6 +225,8 @@ async def _stream_chat(base_url: str, question: str) -> tuple[str, str | None]:
             stream=True,
         )
         async for chunk in stream:
+            if streaming is not None:
+                streaming.set()
             for choice in chunk.choices:
                 parts.append(choice.delta.content or "")
                 finish = choice.finish_reason or finish
@@ -235,8 +240,12 @@ async def _stream_chat(base_url: str, question: str) -> tuple[str, str | None]:
 async def test_two_chats_at_once_both_get_a_whole_answer(local: LocalSetup) -> None:
     """llama_cpp.server's default (interrupt_requests) ends the first stream with [DONE] and
     no finish reason as soon as the second request arrives; served our way, they queue."""
-    first = asyncio.create_task(_stream_chat(local.base_url, "Write a short poem about the sea."))
-    await asyncio.sleep(1.0)  # the first stream is under way when the second arrives
+    streaming = asyncio.Event()
+    first = asyncio.create_task(
+        _stream_chat(local.base_url, "Write a short poem about the sea.", streaming)
+    )
+    # the first stream is under way when the second arrives
+    await asyncio.wait_for(streaming.wait(), timeout=120)
     second = asyncio.create_task(_stream_chat(local.base_url, "Name three colours."))
     (text_1, finish_1), (text_2, finish_2) = await asyncio.gather(first, second)
     assert finish_1 in ("stop", "length"), f"the first answer was cut off: {text_1!r}"
