@@ -17,6 +17,16 @@ from rag.errors import SourceNotFound
 
 SUPPORTED_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".pdf", ".html", ".htm", ".docx"})
 
+# Files that are never a document, whatever --include says: editors' and downloaders' work
+# in progress (vim's "4913" probe and "x~" backup, emacs' "#x#", "x.tmp", "x.part",
+# "x.crdownload"). Hidden names (vim's ".x.swp", emacs' ".#x") are skipped as hidden.
+TEMPORARY_NAMES = ("4913", "*~", "#*#", "*.tmp", "*.part", "*.crdownload")
+
+
+def is_skipped(name: str) -> bool:
+    """Whether a file or folder name is never ingested: hidden, or an editor's temporary."""
+    return name.startswith(".") or any(fnmatch.fnmatch(name, p) for p in TEMPORARY_NAMES)
+
 
 @dataclass(frozen=True)
 class FoundFile:
@@ -39,9 +49,10 @@ def discover(
     """Return the ingest root and a lazy walk of the files under it.
 
     ``root`` may be one file, in which case its folder is the root. Hidden files and
-    folders (``.git``, ``.venv``) are skipped; symlinked folders are not followed, so
-    loops are impossible; symlinked files are followed and broken ones reported by
-    the loader. With no ``include`` pattern, every supported suffix is taken.
+    folders (``.git``, ``.venv``) and editors' temporary files are skipped; symlinked
+    folders are not followed, so loops are impossible; symlinked files are followed and
+    broken ones reported by the loader. With no ``include`` pattern, every supported
+    suffix is taken.
     """
     root = root.expanduser()
     if not root.exists() and not root.is_symlink():
@@ -74,7 +85,7 @@ def _walk(base: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterato
     for folder, dirs, files in os.walk(base, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if name.startswith("."):
+            if is_skipped(name):
                 continue
             path = Path(folder, name)
             source = path.relative_to(base).as_posix()

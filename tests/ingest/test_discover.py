@@ -56,3 +56,23 @@ def test_symlinked_folders_are_not_followed(tmp_path: Path) -> None:
 def test_a_missing_path_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFound, match="no such file or folder"):
         discover(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "4913",
+        "notes.md~",
+        "#notes.md#",
+        "notes.md.tmp",
+        "a.part",
+        "report.pdf.crdownload",
+        ".notes.md.swp",
+        ".#notes.md",
+    ],
+)
+def test_temporary_files_are_never_taken_even_with_include_all(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text("half a document", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("a document", encoding="utf-8")
+    _, found = discover(tmp_path, include=["*"])
+    assert [f.source for f in found] == ["notes.md"]
