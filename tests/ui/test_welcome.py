@@ -27,10 +27,14 @@ def test_packaged_files_are_the_committed_ones() -> None:
     """The package reads prompts/, chainlit.md and .chainlit/config.toml, not copies of them."""
     assert TEMPLATE.read_bytes() == (REPO_ROOT / "chainlit.md").read_bytes()
     assert CHAINLIT_CONFIG.read_bytes() == (REPO_ROOT / ".chainlit" / "config.toml").read_bytes()
+    # files only: a folder (prompts/starters/ with per-collection starters) is compared by
+    # the files in it
     committed = sorted(p.name for p in (REPO_ROOT / "prompts").iterdir())
     assert sorted(p.name for p in PROMPTS_DIR.iterdir()) == committed
-    for name in committed:
-        assert (PROMPTS_DIR / name).read_bytes() == (REPO_ROOT / "prompts" / name).read_bytes()
+    for path in sorted((REPO_ROOT / "prompts").rglob("*")):
+        if path.is_file():
+            relative = path.relative_to(REPO_ROOT / "prompts").as_posix()
+            assert PROMPTS_DIR.joinpath(*relative.split("/")).read_bytes() == path.read_bytes()
 
 
 def test_bundled_starters_load() -> None:
