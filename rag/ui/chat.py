@@ -164,6 +164,26 @@ async def assistant() -> Assistant:
         return _assistant
 
 
+def _serve_api() -> None:
+    """With RAG_API_KEYS set, this process also serves the HTTP API (`rag.api`) at /v1.
+
+    `rag serve` runs the API on its own, but a Milvus Lite file opens in one process
+    only, so with the default store the chat's process is the one that can serve it; it
+    shares this process' Assistant. Routes go in front of Chainlit's catch-all page route
+    (`rag.api.routes.mount_api`). No keys, no API: the chat exposes nothing more.
+    """
+    if get_settings().api_keys is None:
+        return
+    from chainlit.server import app
+
+    from rag.api.routes import mount_api
+
+    mount_api(app, assistant)
+
+
+_serve_api()
+
+
 def _unreachable(error: RagError, then: str) -> str:
     return f"⚠️ I can't answer yet: {error}. {then}"
 

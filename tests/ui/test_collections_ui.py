@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
+from rag.auth import mint_api_key
 from rag.ui.welcome import load_starters
 from tests.conftest import cli_env, fake_models_env, write_files
 from tests.support.chainlit_client import MESSAGE_EVENTS, ChainlitClient, Turn, login
@@ -41,6 +43,7 @@ GAMMA_Q = "What is the code of the Gamma lab's coffee machine?"
 GAMMA = {"gamma_notes.txt": "The code of the Gamma lab's coffee machine is 5521.\n"}
 PASSWORD = "looking-glass"
 SECRET = "c" * 48
+API_KEY, API_ENTRY = mint_api_key("alice")  # the chat's alice, as an API key owner
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def collections_ui(
             RAG_DATABASE_URL=f"sqlite:///{root / 'chat.db'}",
             RAG_UI_USERS=f"alice:{PASSWORD},bob:{PASSWORD}",
             CHAINLIT_AUTH_SECRET=SECRET,
+            RAG_API_KEYS=API_ENTRY,
             **fake_models_env(fake.base_url),
         )
         for name, docs in ((CONFIGURED, DOCS), ("bravo", BRAVO), ("gamma", GAMMA)):
@@ -259,6 +263,28 @@ async def test_a_collection_not_offered_is_refused(collections_ui: CollectionsUI
             assert _widgets(client)["collection"]["initial"] == CONFIGURED
         turn = await client.ask(FALCON_Q)
         assert _cited(turn)[0] == "falcon.txt"
+    finally:
+        await client.close()
+
+
+async def test_the_chat_process_serves_the_api_on_its_own_port(
+    collections_ui: CollectionsUI,
+) -> None:
+    """With RAG_API_KEYS set, `rag ui` answers /v1 too (ahead of Chainlit's page route),
+    through the official SDK: every collection is a model, each answers from its own rows."""
+    client = openai.AsyncOpenAI(base_url=f"{collections_ui.url}/v1", api_key=API_KEY, max_retries=0)
+    try:
+        models = {model.id async for model in client.models.list()}
+        assert {CONFIGURED, "bravo", "gamma"} <= models
+        reply = await client.chat.completions.create(
+            model="bravo", messages=[{"role": "user", "content": HERON_Q}]
+        )
+        sources = {source["source"] for source in (reply.model_extra or {})["sources"]}
+        assert sources and sources <= set(BRAVO), sources
+        with pytest.raises(openai.AuthenticationError):
+            await openai.AsyncOpenAI(
+                base_url=f"{collections_ui.url}/v1", api_key="alice.wrong", max_retries=0
+            ).models.list()
     finally:
         await client.close()
 
