@@ -98,13 +98,8 @@ class AnswerRun:
         run = cls(model)
         run.task = asyncio.create_task(run._produce(chain, question, history, options))
         try:
-            while True:
-                item = await run.queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise run.failure(item)
-                run.first.append(item)  # type: ignore[arg-type]
+            while (item := await run._next()) is not None:
+                run.first.append(item)
                 if isinstance(item, Token | Answer):
                     break
         except BaseException:
@@ -139,13 +134,17 @@ class AnswerRun:
             yield event
         if self.first and isinstance(self.first[-1], Answer):
             return
-        while True:
-            item = await self.queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise self.failure(item)
-            yield item  # type: ignore[misc]
+        while (item := await self._next()) is not None:
+            yield item
+
+    async def _next(self) -> Event | None:
+        """The next event from the chain, None after the last; a failure raises ApiError."""
+        item = await self.queue.get()
+        if item is _END:
+            return None
+        if isinstance(item, BaseException):
+            raise self.failure(item)
+        return item  # type: ignore[return-value]
 
     async def cancel(self) -> None:
         if self.task is not None and not self.task.done():
