@@ -16,6 +16,8 @@ library loggers) is put back afterwards, so it cannot change what later tests lo
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -58,7 +60,28 @@ def invoke_rag(
     **variables: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``rag ARGS`` in this process; ``embeddings`` stands in for the local model (the
-    session's loaded copy) wherever the command would build one."""
+    session's loaded copy) wherever the command would build one.
+
+    Commands run their own event loop (``asyncio.run`` in ``rag.cli.app.run_async``), which
+    cannot start where one is running: inside an async test, or once Playwright's sync API
+    is up (it keeps a loop running in the calling thread). There the command runs in a
+    worker thread while the caller waits, as a blocking call would.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop here: run in this thread
+        return _invoke(args, cwd, input, embeddings, variables)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(_invoke, args, cwd, input, embeddings, variables).result()
+
+
+def _invoke(
+    args: tuple[str, ...],
+    cwd: Path,
+    input: str | None,
+    embeddings: Embeddings | None,
+    variables: dict[str, str],
+) -> subprocess.CompletedProcess[str]:
     unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RAG_")}
     # CliRunner's default "sys" capture: stdout and stderr kept apart (click >= 8.2).
     runner = CliRunner(env={**unset, **CONSOLE, **variables})
