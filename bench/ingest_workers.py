@@ -25,7 +25,8 @@ from pathlib import Path
 
 from pymilvus import MilvusClient
 
-from bench.report import publish, save_json
+from bench import charts
+from bench.report import RESULTS, publish, save_json
 from bench.services import fake_openai, milvus_target
 
 RAG_BIN = Path(sys.executable).parent / "rag"
@@ -103,6 +104,27 @@ def run_workers(folder: Path, count: int, env: dict[str, str], collection: str) 
     return Result(count, int(stats["row_count"]), wall, max(map(ingest_seconds, outputs)))
 
 
+def chart(results: list[Result], path: Path) -> Path:
+    """Speed-up against one worker, with and without start-up, beside the ideal line."""
+    fig, (ax,) = charts.figure(1, width=6.0, height=4.2)
+    one = next((r for r in results if r.workers == 1), results[0])
+    counts = [r.workers for r in results]
+    charts.lines(
+        ax,
+        counts,
+        {
+            "after start-up": [r.run_rate / one.run_rate for r in results],
+            "wall time, start-up included": [r.rate / one.rate for r in results],
+            "ideal": [n / one.workers for n in counts],
+        },
+        xlabel="workers (rag ingest --shard K/N)",
+        ylabel=f"chunks/s vs {one.workers} worker",
+        title="Speed-up of N ingest workers on one Milvus",
+        styles={"ideal": ":"},
+    )
+    return charts.save(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="120 files")
@@ -153,8 +175,9 @@ def main() -> None:
          "slowest_run_s": r.slowest_run, "chunks_per_s": r.rate,
          "chunks_per_s_after_start_up": r.run_rate} for r in results
     ])  # fmt: skip
+    path = chart(results, RESULTS / "ingest_workers.png")
     publish("ingest_workers", "Ingest with N workers (rag ingest --shard K/N)", columns, rows,
-            args.quick, notes)  # fmt: skip
+            args.quick, notes, path)  # fmt: skip
 
 
 if __name__ == "__main__":

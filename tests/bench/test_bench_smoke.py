@@ -50,17 +50,10 @@ def assert_png(path: Path) -> None:
     assert data.startswith(PNG_MAGIC) and len(data) > 5000, f"{path.name} is not a chart"
 
 
-# Parts that write their table and figures but no chart yet: the chart checks are expected
-# to fail for them (strict, so the day the chart comes this list must lose the name).
-NO_CHART_YET = {"ingest_workers"}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(("module", "args", "name"), PARTS)
-def test_benchmark_part_runs(
-    results: Path, module: str, args: list[str], name: str, request: pytest.FixtureRequest
-) -> None:
+def test_benchmark_part_runs(results: Path, module: str, args: list[str], name: str) -> None:
     run = run_bench(results, module, *args)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     table = (results / f"{name}.md").read_text(encoding="utf-8")
@@ -68,8 +61,6 @@ def test_benchmark_part_runs(
     if name == "study":  # the scaled-up add: naive gather vs the project, no sync loop
         assert "| ingest | 30 | — |" in table, table
     assert (results / f"{name}.json").is_file()
-    if name in NO_CHART_YET:  # everything above holds; only the chart is missing
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name} draws no chart yet"))
     assert f"]({name}.png)" in table, "the Markdown does not show its chart"
     assert_png(results / f"{name}.png")
 
