@@ -14,14 +14,17 @@ from typing import Any
 import pytest
 
 from ingest.uploads import (
+    DIGEST_CHARS,
     MAX_NAME,
     UploadRejected,
     UploadResult,
     add_upload,
+    content_digest,
     display_name,
     owner_folder,
     safe_name,
     store_upload,
+    stored_name,
 )
 from rag.retrieval import SearchOptions, retrieve
 from rag.store.catalog import list_sources, source_names
@@ -222,3 +225,32 @@ def test_uploads_are_shown_by_the_name_they_were_given() -> None:
     )
     assert display_name("manuals/heron.txt") == "manuals/heron.txt"
     assert display_name("uploads/heron.txt") == "uploads/heron.txt"  # not one of ours
+
+
+# --- an upload is known by the name its owner gave it -----------------------------------------
+
+
+def test_display_name_reads_back_the_name_add_upload_stores_by(tmp_path: Path) -> None:
+    upload = tmp_path / "x.txt"
+    upload.write_text("some text", encoding="utf-8")
+    digest = content_digest(upload)
+    assert len(digest) == DIGEST_CHARS
+    source = f"uploads/{owner_folder('alice')}/{stored_name(digest, 'Heron notes.txt')}"
+    assert display_name(source) == "Heron notes.txt (uploaded)"
+    # a shared document, or one whose folder is not an owner hash, keeps its own name
+    assert display_name("guides/heron.txt") == "guides/heron.txt"
+    assert display_name(f"uploads/alice/{digest}-heron.txt") == f"uploads/alice/{digest}-heron.txt"
+
+
+async def test_an_untitled_upload_is_titled_by_its_given_name(
+    uploads_env: IngestEnv, tmp_path: Path
+) -> None:
+    """In the passage's title and the text the model reads, never "<digest>-<name>"."""
+    result = await _add(uploads_env, tmp_path, "alice", "heron_notes.txt", "The heron code.")
+    assert result.problem is None and result.passages == 1, result
+    (row,) = await uploads_env.store.aclient.query(
+        uploads_env.settings.collection, filter="", output_fields=["title", "text"], limit=10
+    )
+    assert row["title"] == "heron_notes"
+    digest = result.source.rsplit("/", 1)[-1].split("-", 1)[0]
+    assert "heron notes" in row["text"] and digest not in row["text"]
