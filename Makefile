@@ -91,8 +91,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Both cores: most tests wait on servers and processes, not the CPU; a test file stays on
+# one worker (--dist loadfile), so its module-scoped servers start once.
+PYTEST_WORKERS ?= 2
+
 test: install-llm install-browser install-postgres lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # The long fault and load runs (a representative subset is part of `make test`).
 test-reliability: install-llm install-postgres

@@ -266,12 +266,9 @@ def change(folder: Path) -> None:
 
 
 # On the standalone every Strong read waits for its time tick, so eight `rag ingest`
-# processes take close to a minute there: that case is `heavy` (`make test-heavy`). The
-# same convergence runs on the lite server in `make test`, and tests/rag/test_server_path.py
-# ingests and re-ingests through the CLI on the standalone there.
-@pytest.fixture(
-    params=["lite-server", pytest.param("standalone", marks=[pytest.mark.slow, pytest.mark.heavy])]
-)
+# processes take close to a minute there; it stays in `make test` all the same, because a
+# real Milvus is where concurrent workers matter (the suite runs on both cores).
+@pytest.fixture(params=["lite-server", pytest.param("standalone", marks=pytest.mark.slow)])
 def server(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(
         "milvus_server" if request.param == "lite-server" else "milvus_standalone"

@@ -37,6 +37,7 @@ from rag.eval.metrics import (
 )
 from rag.retrieval import Hit, SearchOptions
 from tests.conftest import QUESTIONS_FILE, Corpus, sample_sources
+from tests.support.cli_inprocess import unfrozen_width
 from tests.support.fake_openai import FakeServer
 
 # Measured with dense search on the session corpus (chunk size 1000, all-MiniLM-L6-v2):
@@ -274,7 +275,9 @@ def eval_env(
 
 
 def run_eval(*args: str) -> Any:
-    result = CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "200"})
+    with pytest.MonkeyPatch.context() as patch:
+        unfrozen_width(patch)
+        result = CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     return result
 

@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 import rag.services
 from rag.cli import app
+from rag.cli.app import console, errors
 
 CONSOLE = {"COLUMNS": "200", "NO_COLOR": "1"}
 QUIETED = ("langchain_milvus", "grpc._server")  # the loggers rag.cli.app.main sets
@@ -75,6 +76,18 @@ def invoke_rag(
         return pool.submit(_invoke, args, cwd, input, embeddings, variables).result()
 
 
+def unfrozen_width(patch: pytest.MonkeyPatch) -> None:
+    """Let the CLI's consoles size themselves from the environment at each print.
+
+    A rich Console made while COLUMNS was set keeps that width for good (its ``__init__``
+    turns it into ``_width``), and pytest-xdist's workers have COLUMNS set when the CLI is
+    imported; a command run in-process should read the runner's COLUMNS, as a fresh
+    process would.
+    """
+    for shown in (console, errors):
+        patch.setattr(shown, "_width", None)
+
+
 def _invoke(
     args: tuple[str, ...],
     cwd: Path,
@@ -86,6 +99,7 @@ def _invoke(
     # CliRunner's default "sys" capture: stdout and stderr kept apart (click >= 8.2).
     runner = CliRunner(env={**unset, **CONSOLE, **variables})
     with contextlib.chdir(cwd), logging_kept(), pytest.MonkeyPatch.context() as patch:
+        unfrozen_width(patch)
         if embeddings is not None:
             real = rag.services.build_embeddings
             patch.setattr(
