@@ -50,6 +50,7 @@ if CHROMIUM is None:
     )
 
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -280,11 +281,16 @@ def answer_with(page: Page, text: str, *, count: int = 1, timeout: float = 30) -
     raise AssertionError(f"no assistant message with {text!r} after {timeout}s: {seen}")
 
 
-def source_links(message: Locator) -> list[str]:
+def source_links(message: Locator, *, settle: float = 5) -> list[str]:
     """The names of the source links under an answer ("[1] falcon.txt", ...), in order.
 
-    Read from the DOM text: the links are styled in capitals, their text is the name.
+    Read from the DOM text: the links are styled in capitals, their text is the name. The
+    answer's text can render a moment before its side elements do (seen on a loaded
+    machine), so wait up to ``settle`` seconds for a first link; an answer without any
+    gives an empty list.
     """
+    with contextlib.suppress(PlaywrightTimeout):
+        message.get_by_role("link").first.wait_for(timeout=settle * 1000)
     return [str(link.text_content()).strip() for link in message.get_by_role("link").all()]
 
 
