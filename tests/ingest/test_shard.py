@@ -247,6 +247,16 @@ class Cluster:
             client.close()
         return {r["pk"]: (r["source"], r["file_hash"], r["content_hash"]) for r in found}
 
+    def converge(self, folder: Path) -> tuple[list[str], Rows]:
+        """A single-process run and the sharded workers on the same folder, into their own
+        collections: the workers' rows equal the single run's. Returns the workers' outputs
+        and the single run's rows."""
+        self.run(folder, "single")
+        outputs = self.workers(folder, "sharded")
+        expected = self.rows("single")
+        assert self.rows("sharded") == expected
+        return outputs, expected
+
 
 def finish(process: subprocess.Popen[str], timeout: float = 240) -> str:
     try:
@@ -281,19 +291,13 @@ def test_three_workers_write_what_one_run_writes(
 ) -> None:
     cluster = Cluster(server, embeddings, tmp_path)
     folder = write_files(tmp_path / "docs", folder_files(30))
-    cluster.run(folder, "single")
-    outputs = cluster.workers(folder, "sharded")
-    expected = cluster.rows("single")
+    outputs, expected = cluster.converge(folder)
     assert len({source for source, _, _ in expected.values()}) == 30
-    assert cluster.rows("sharded") == expected
     taken = [int(out.split(" takes ")[1].split()[0]) for out in outputs]
     assert sum(taken) == 30 and all(taken), outputs  # each took a part, none took all
 
     change(folder)
-    cluster.run(folder, "single")
-    outputs = cluster.workers(folder, "sharded")
-    expected = cluster.rows("single")
-    assert cluster.rows("sharded") == expected
+    outputs, expected = cluster.converge(folder)
     sources = {source for source, _, _ in expected.values()}
     assert "area2/item-002.md" not in sources and "area3/new.md" in sources
     removed = [out for out in outputs if "removed: area2/item-002.md" in out]
