@@ -211,6 +211,19 @@ def read_identity(client: MilvusClient, name: str) -> CollectionIdentity | None:
     )
 
 
+class _RaceLost(logging.Filter):
+    """Drops pymilvus' own ERROR record (with a traceback) for a collection or index that
+    another worker created first: ``ensure_collection`` expects that race and handles it,
+    so the log should not look like a failure. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "already exist" not in record.getMessage()
+
+
+# pymilvus logs each failed RPC itself, before raising it (pymilvus/decorators.py, 3.0).
+_PYMILVUS_RPC_LOG = logging.getLogger("pymilvus.decorators")
+
+
 def ensure_collection(
     client: MilvusClient, name: str, identity: CollectionIdentity, recreate: bool = False
 ) -> CollectionIdentity:
@@ -221,6 +234,8 @@ def ensure_collection(
     if recreate and client.has_collection(name):
         client.drop_collection(name)
     if not client.has_collection(name):
+        race_lost = _RaceLost()
+        _PYMILVUS_RPC_LOG.addFilter(race_lost)
         try:
             _create_collection(client, name, identity)
             return identity
@@ -229,6 +244,8 @@ def ensure_collection(
             # the others find it made and check its identity like any existing collection.
             if not client.has_collection(name):
                 raise
+        finally:
+            _PYMILVUS_RPC_LOG.removeFilter(race_lost)
     found = read_identity(client, name)
     if found is None:
         raise EmbeddingMismatch(
