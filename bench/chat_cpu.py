@@ -6,11 +6,18 @@ load that no amount of async removes. This measures it alone: the fake OpenAI se
 no latency (embeddings and chat both from it, as in the serving case of an endpoint) and
 Milvus, chats one after another after a warm-up, so only our own CPU shows.
 
-Printed: CPU ms per chat before its first token, averaged over ``--chats`` chats, as the
-event-loop thread used it (``time.thread_time``: our Python, langchain, openai, httpx,
-pymilvus' request building) and as the whole process did (``time.process_time``: also the
-gRPC threads, and Milvus Lite's engine when it runs in this process); then, with
-``--profile``, cProfile's top functions of the same chats by cumulative and own time.
+Two client setups side by side, in turns within one run (the machine is shared, so each
+turn of one is next to a turn of the other):
+- ``sdk+httpx``: the openai SDK's typed chat client over httpx, for chat and embeddings
+  (what langchain-openai builds by default; this app before ``rag.llm.StreamedChatDicts``);
+- ``dicts+aiohttp``: what the app uses (``rag.llm`` says why).
+
+Printed for each: CPU ms per chat before its first token as the event-loop thread used it
+(``time.thread_time``: our Python, langchain, openai, the HTTP client, pymilvus' request
+building) and as the whole process did (``time.process_time``: also gRPC's threads, and
+Milvus Lite's engine when it runs in this process), the CPU of a whole streamed answer, and
+the ratios; then, with ``--profile``, cProfile's top functions (thread CPU time) of the
+app's setup by cumulative and own time.
 
     python -m bench.chat_cpu [--chats 50] [--milvus lite|lite-server] [--profile]
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import cProfile
 import gc
 import io
@@ -27,25 +35,36 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import openai
+from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
 from bench.services import fake_openai, milvus_target
 from bench.serving import QUESTIONS, ROOT, chat_settings
 from ingest.pipeline import ingest_path
 from rag.app import build_chain
 from rag.chain import Token
+from rag.config import Settings
+from rag.embeddings import build_embeddings
 from rag.services import open_services
 from rag.store.lite import tolerate_lite_keepalive
 
 
-@dataclass(frozen=True)
+@dataclass
 class Measured:
-    thread_ms: float  # event-loop thread, per chat
-    process_ms: float  # every thread of this process, per chat
+    thread_ms: float = 0.0  # event-loop thread, per chat, until the first token
+    process_ms: float = 0.0  # every thread of this process, per chat, until the first token
+    answer_ms: float = 0.0  # event-loop thread, per chat, the whole streamed answer
+
+    def add(self, other: Measured, weight: float) -> None:
+        self.thread_ms += other.thread_ms * weight
+        self.process_ms += other.process_ms * weight
+        self.answer_ms += other.answer_ms * weight
 
 
 async def first_token_cpu(chain: Any, chats: int, profiler: cProfile.Profile | None) -> Measured:
-    """Average CPU per chat until its first token; chats one at a time, the rest of each
-    answer streamed but not counted (nor profiled)."""
-    thread = process = 0.0
+    """Average CPU per chat until its first token, and for its whole answer; chats one at a
+    time (only the part before the first token is profiled)."""
+    thread = process = answer = 0.0
     for i in range(chats):
         if profiler is not None:
             profiler.enable()
@@ -58,7 +77,31 @@ async def first_token_cpu(chain: Any, chats: int, profiler: cProfile.Profile | N
                 counting = False
                 if profiler is not None:
                     profiler.disable()
-    return Measured(thread / chats * 1000, process / chats * 1000)
+        answer += time.thread_time() - started_thread
+    return Measured(thread / chats * 1000, process / chats * 1000, answer / chats * 1000)
+
+
+def sdk_httpx_chain(chain: Any, settings: Settings, base_url: str) -> tuple[Any, list[Any]]:
+    """The same chain on langchain-openai's defaults: the SDK's typed chat client, httpx for
+    chat and embeddings. Returns it and the HTTP clients to close."""
+    llm = ChatOpenAI(
+        http_async_client=openai.DefaultAsyncHttpxClient(), model="fake", base_url=base_url,
+        api_key="x", streaming=True, max_retries=2, timeout=settings.llm_timeout,
+    )  # fmt: skip
+    embeddings = build_embeddings(settings)
+    assert isinstance(embeddings, OpenAIEmbeddings)
+    embeddings.http_async_client = openai.DefaultAsyncHttpxClient()
+    embeddings.async_client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="x", http_client=embeddings.http_async_client
+    ).embeddings
+    store = copy.copy(chain.store)
+    store.embedding_func = embeddings
+    other = copy.copy(chain)
+    other.store, other.llm = store, llm
+    return other, [llm.http_async_client, embeddings.http_async_client, embeddings.http_client]
+
+
+TURNS = 5  # each setup measured in this many turns, alternating
 
 
 async def measure(target: str, chats: int, profile: bool, top: int) -> None:
@@ -67,28 +110,54 @@ async def measure(target: str, chats: int, profile: bool, top: int) -> None:
         settings = chat_settings("remote", uri, base_url)
         async with open_services(settings) as services:
             await ingest_path(ROOT / "sample_docs", services.store, settings)
-            chain = build_chain(services, base_url, "fake").chain
-            await first_token_cpu(chain, 20, None)  # warm-up: pools, segments, caches
-            gc.collect()
-            gc.freeze()  # as the chat server does once started: no gen-2 walks in the figure
-            measured = await first_token_cpu(chain, chats, None)
-            print(
-                f"CPU per chat before the first token ({chats} chats, Milvus {target}): "
-                f"{measured.thread_ms:.2f} ms event-loop thread, "
-                f"{measured.process_ms:.2f} ms whole process"
-            )
-            if not profile:
-                return
-            # CPU time of this thread, not wall time: on a shared machine a wall-clock
-            # profile charges other processes' turns to whatever call was running.
-            profiler = cProfile.Profile(time.thread_time)
-            await first_token_cpu(chain, chats, profiler)
-            for order in ("cumulative", "tottime"):
-                out = io.StringIO()
-                stats = pstats.Stats(profiler, stream=out)
-                stats.strip_dirs().sort_stats(order).print_stats(top)
-                print(f"\n--- top {top} by {order} ({chats} chats) ---")
-                print(out.getvalue().split("\n\n", 2)[-1].rstrip())
+            assistant = build_chain(services, base_url, "fake")
+            chain = assistant.chain
+            before, clients = sdk_httpx_chain(chain, settings, base_url)
+            try:
+                setups = {"sdk+httpx": before, "dicts+aiohttp": chain}
+                for each in setups.values():  # warm-up: pools, segments, caches
+                    await first_token_cpu(each, 20, None)
+                gc.collect()
+                gc.freeze()  # as the chat server does once started: no gen-2 walks in figures
+                measured = {name: Measured() for name in setups}
+                per_turn = max(1, chats // TURNS)
+                for _ in range(TURNS):
+                    for name, each in setups.items():
+                        measured[name].add(await first_token_cpu(each, per_turn, None), 1 / TURNS)
+                report(measured, per_turn * TURNS, target)
+                if profile:
+                    await print_profile(chain, chats, top)
+            finally:
+                for client in clients:
+                    result = client.aclose() if hasattr(client, "aclose") else client.close()
+                    if result is not None:
+                        await result
+                await assistant.aclose()
+
+
+def report(measured: dict[str, Measured], chats: int, target: str) -> None:
+    print(f"CPU per chat, {chats} chats each, Milvus {target} (ms):")
+    print("setup           first token (loop thread / process)   whole answer (loop thread)")
+    for name, got in measured.items():
+        print(f"{name:15s} {got.thread_ms:8.2f} / {got.process_ms:6.2f}"
+              f"{'':22s}{got.answer_ms:8.2f}")  # fmt: skip
+    old, new = measured["sdk+httpx"], measured["dicts+aiohttp"]
+    print(f"ratio dicts+aiohttp / sdk+httpx: first token {new.thread_ms / old.thread_ms:.2f}, "
+          f"whole answer {new.answer_ms / old.answer_ms:.2f}")  # fmt: skip
+
+
+async def print_profile(chain: Any, chats: int, top: int) -> None:
+    """cProfile's top functions of the app's setup, until each chat's first token."""
+    # CPU time of this thread, not wall time: on a shared machine a wall-clock profile
+    # charges other processes' turns to whatever call was running.
+    profiler = cProfile.Profile(time.thread_time)
+    await first_token_cpu(chain, chats, profiler)
+    for order in ("cumulative", "tottime"):
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.strip_dirs().sort_stats(order).print_stats(top)
+        print(f"\n--- top {top} by {order} ({chats} chats) ---")
+        print(out.getvalue().split("\n\n", 2)[-1].rstrip())
 
 
 def main() -> None:

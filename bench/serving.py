@@ -195,12 +195,16 @@ def chat_settings(mode: str, uri: str, base_url: str) -> Settings:
     return load_settings(**overrides)
 
 
-async def ready_chain(settings: Settings, base_url: str, freeze: bool, ingest: bool) -> Any:
-    """A warmed-up chain, as a started chat server has one."""
-    services = await open_services(settings)
+async def ready_chain(
+    settings: Settings, base_url: str, freeze: bool, ingest: bool, stack: contextlib.AsyncExitStack
+) -> Any:
+    """A warmed-up chain, as a started chat server has one; ``stack`` closes it."""
+    services = await stack.enter_async_context(open_services(settings))
     if ingest:
         await ingest_path(ROOT / "sample_docs", services.store, settings)
-    chain = build_chain(services, base_url, "fake").chain
+    assistant = build_chain(services, base_url, "fake")
+    stack.push_async_callback(assistant.aclose)
+    chain = assistant.chain
     for question in QUESTIONS:  # warm-up: connections, ONNX session, Milvus segments
         await one_chat(chain, question)
     await asyncio.gather(*(one_chat(chain, q) for q in QUESTIONS * 2))  # a wider pool
@@ -266,11 +270,12 @@ async def in_processes(job: dict[str, Any], processes: int, meter: CpuMeter) -> 
 async def worker(job: dict[str, Any]) -> None:
     """One replica of ``in_processes``: report "ready", wait for "go", print results."""
     settings = chat_settings(job["mode"], job["uri"], job["base_url"])
-    chain = await ready_chain(settings, job["base_url"], job["freeze"], ingest=False)
-    print("ready", flush=True)
-    await asyncio.to_thread(sys.stdin.readline)
-    print(json.dumps(await chats_at_once(chain, job["chats"], job["rounds"])), flush=True)
-    await asyncio.to_thread(sys.stdin.readline)  # until the parent has read its CPU meter
+    async with contextlib.AsyncExitStack() as stack:
+        chain = await ready_chain(settings, job["base_url"], job["freeze"], False, stack)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        print(json.dumps(await chats_at_once(chain, job["chats"], job["rounds"])), flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # until the parent has read its CPU meter
 
 
 async def run_mode(
@@ -290,11 +295,13 @@ async def run_mode(
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = SLOW_CALLBACK
-    with chat_server(mode, token_delay) as base_url, milvus_target(target) as uri:
+    async with contextlib.AsyncExitStack() as stack:
+        base_url = stack.enter_context(chat_server(mode, token_delay))
+        uri = stack.enter_context(milvus_target(target))
         if uri is None:
             return [], 0.0
         settings = chat_settings(mode, uri, base_url)
-        chain = await ready_chain(settings, base_url, freeze, ingest=True)
+        chain = await ready_chain(settings, base_url, freeze, True, stack)
         cpu_per_chat = await cpu_until_first_token(chain, 5 if rounds[min(rounds)] < 30 else 10)
         for level in levels:
             meter = CpuMeter()

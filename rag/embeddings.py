@@ -301,7 +301,8 @@ def build_embeddings(settings: Settings) -> Embeddings:
         # Pools of our own, so `close_embeddings` can close them when the services close
         # (the SDK's Default*HttpxClient keeps its limits, timeouts and redirects).
         http_client=openai.DefaultHttpxClient(),
-        http_async_client=openai.DefaultAsyncHttpxClient(),
+        # aiohttp for the async requests, as for the chat model (`rag.llm` says why).
+        http_async_client=openai.DefaultAioHttpClient(),
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import aiohttp
 import grpc
 import httpx
 import openai
@@ -90,6 +91,13 @@ MASK = "********"
 HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
 _TIMEOUTS = (openai.APITimeoutError, httpx.TimeoutException, httpx2.TimeoutException, TimeoutError)
 _UNREACHABLE = (openai.APIConnectionError, httpx.ConnectError, httpx2.ConnectError)
+# The async clients speak aiohttp (`rag.llm`, `rag.embeddings`). The SDK's adapter turns
+# every aiohttp connection error into httpx2's ConnectTimeout, a refused connection and a
+# server hanging up mid-answer alike (openai/_vendor/httpx_aiohttp/transport.py: the map's
+# first match wins), so the aiohttp error underneath decides: a connector error means
+# nothing answered at that address, only aiohttp's timeouts are timeouts.
+_AIOHTTP_UNREACHABLE = (aiohttp.ClientConnectorError,)
+_AIOHTTP_TIMEOUTS = (aiohttp.ServerTimeoutError,)
 ServiceKind = Literal["embeddings", "chat", "milvus", "history"]
 _RAISES: dict[ServiceKind, type[RagError]] = {
     "embeddings": ModelUnavailable,
@@ -126,9 +134,23 @@ def mask(text: str, secrets: Sequence[str] = ()) -> str:
     return mask_url_password(text)
 
 
+def _aiohttp_cause(error: BaseException) -> aiohttp.ClientError | None:
+    """The aiohttp error an HTTP failure was raised from, if it came from aiohttp."""
+    cause: BaseException | None = error
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:  # pymilvus raises `e from e`
+        if isinstance(cause, aiohttp.ClientError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None
+
+
 def first_line(error: BaseException) -> str:
-    """The first line of an error's message (SQLAlchemy's and gRPC's carry the cause)."""
-    cause = getattr(error, "orig", None) or error
+    """The first line of an error's message (SQLAlchemy's, gRPC's and aiohttp's carry the
+    cause: the SDK reports a dropped connection as "Request timed out.", aiohttp says
+    "Server disconnected")."""
+    cause = getattr(error, "orig", None) or _aiohttp_cause(error) or error
     details = getattr(cause, "details", None)
     code = getattr(cause, "code", None)
     if isinstance(cause, grpc.RpcError) and callable(details) and callable(code):
@@ -157,7 +179,18 @@ def is_timeout(error: BaseException) -> bool:
     """The service did not answer in time (the client has already retried it)."""
     if isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
         return bool(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
+    cause = _aiohttp_cause(error)
+    if cause is not None:
+        return isinstance(cause, _AIOHTTP_TIMEOUTS)
     return isinstance(error, _TIMEOUTS)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Nothing answered at the service's address (refused, no such host)."""
+    cause = _aiohttp_cause(error)
+    if cause is not None:
+        return isinstance(cause, _AIOHTTP_UNREACHABLE)
+    return isinstance(error, _UNREACHABLE)
 
 
 def explain(error: BaseException, service: Service, *, timeout: str = "") -> RagError:
@@ -185,7 +218,7 @@ def explain(error: BaseException, service: Service, *, timeout: str = "") -> Rag
         line = f"{label} is rate-limited (429); wait a moment and try again"
     elif is_timeout(error):
         line = f"{label} {waited}"
-    elif isinstance(error, _UNREACHABLE):
+    elif is_unreachable(error):
         line = f"{label} is not reachable; is it running?"
     else:  # openai.APIStatusError: its message starts "Error code: 500 - ..."
         line = f"{label} failed: {first_line(error)}"

@@ -73,3 +73,14 @@ def test_headline_chart(results: Path) -> None:
     run = run_bench(results, "bench", "--headline")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert_png(results / "headline.png")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_chat_cpu_compares_the_two_client_setups(results: Path) -> None:
+    run = run_bench(results, "bench.chat_cpu", "--chats", "5", "--milvus", "lite")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    for setup in ("sdk+httpx", "dicts+aiohttp"):
+        assert f"\n{setup} " in run.stdout, run.stdout
+    assert "ratio dicts+aiohttp / sdk+httpx: first token" in run.stdout, run.stdout
+    assert "Unclosed" not in run.stderr, "an HTTP client was left open: " + run.stderr[-2000:]

@@ -7,6 +7,10 @@ of a driver error), so a check on a class name or a module name would not pass t
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+
 import grpc
 import grpc.aio
 import httpx
@@ -31,6 +35,7 @@ from rag.errors import (
     mask_url_password,
     url_password,
 )
+from rag.local.server import free_port
 
 KEY = "sk-test-k3y-NEVER-SHOWN"
 CHAT = Service("chat", "the chat model at http://127.0.0.1:9/v1", "RAG_LLM_API_KEY", (KEY,))
@@ -210,3 +215,71 @@ def test_first_line_and_is_timeout_read_the_library_types() -> None:
     assert is_timeout(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "late"))
     assert not is_timeout(rpc_error(grpc.StatusCode.UNAVAILABLE, "down"))
     assert not is_timeout(openai.APIConnectionError(request=REQUEST))
+
+
+# --- the SDK over aiohttp (rag.llm and rag.embeddings' async clients) -------------------------
+
+
+async def _sdk_error(base_url: str, wait: float = 5.0) -> BaseException:
+    """What a chat request through openai's aiohttp client raises, as the SDK raises it."""
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key=KEY, max_retries=0, timeout=wait,
+        http_client=openai.DefaultAioHttpClient(),
+    )  # fmt: skip
+    try:
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    except Exception as error:
+        return error
+    finally:
+        await client.close()
+    raise AssertionError("the request succeeded")
+
+
+@asynccontextmanager
+async def _server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]):
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+
+
+async def test_over_aiohttp_a_refused_connection_is_not_reachable_not_a_timeout() -> None:
+    # The SDK's aiohttp adapter raises a refused connection as httpx2's ConnectTimeout.
+    error = await _sdk_error(f"http://127.0.0.1:{free_port()}/v1")
+    assert isinstance(error, openai.APITimeoutError)  # what the SDK says; not what happened
+    assert not is_timeout(error)
+    explained = explain(error, CHAT)
+    assert str(explained) == f"{CHAT.label} is not reachable; is it running?"
+
+
+async def test_over_aiohttp_a_server_hanging_up_is_said_as_such() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async with _server(hang_up) as url:
+        error = await _sdk_error(url)
+    assert not is_timeout(error)
+    assert first_line(error) == "Server disconnected"
+    assert str(explain(error, CHAT)) == f"{CHAT.label} failed: Server disconnected"
+
+
+async def test_over_aiohttp_a_silent_server_is_a_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+        writer.close()
+
+    async with _server(silent) as url:
+        error = await _sdk_error(url, wait=0.3)
+    assert is_timeout(error)
+    assert str(explain(error, CHAT)) == f"{CHAT.label} did not answer in time"
+
+
+def test_an_error_raised_from_itself_is_explained() -> None:
+    # pymilvus' decorators re-raise with `raise e from e`: the cause chain is a loop.
+    error = pymilvus.MilvusException(code=2, message="Fail connecting to server")
+    error.__cause__ = error
+    assert not is_timeout(error)
+    assert str(explain(error, MILVUS)).endswith("Fail connecting to server")
