@@ -153,7 +153,7 @@ def target(
 def test_ingest_writes_every_file_and_a_rerun_rewrites_nothing(target: Target) -> None:
     first, again = summary(target.runs["ingest"].stdout), target.runs["reingest"]
     assert first["added"] == str(len(sample_sources())), target.runs["ingest"].stdout
-    assert first["failed"] == "0"
+    assert first["failed"] == "0", target.runs["ingest"].stdout + target.runs["ingest"].stderr
     for source in sample_sources():
         assert f"added: {source}" in target.runs["ingest"].stdout
     assert len(target.ingested) == int(first["chunks written"])
