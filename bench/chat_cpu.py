@@ -32,53 +32,20 @@ import gc
 import io
 import pstats
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import openai
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
+from bench.report import Measured, first_token_cpu
 from bench.services import fake_openai, milvus_target
 from bench.serving import QUESTIONS, ROOT, chat_settings
 from ingest.pipeline import ingest_path
 from rag.app import build_chain
-from rag.chain import Token
 from rag.config import Settings
 from rag.embeddings import build_embeddings
 from rag.services import open_services
 from rag.store.lite import tolerate_lite_keepalive
-
-
-@dataclass
-class Measured:
-    thread_ms: float = 0.0  # event-loop thread, per chat, until the first token
-    process_ms: float = 0.0  # every thread of this process, per chat, until the first token
-    answer_ms: float = 0.0  # event-loop thread, per chat, the whole streamed answer
-
-    def add(self, other: Measured, weight: float) -> None:
-        self.thread_ms += other.thread_ms * weight
-        self.process_ms += other.process_ms * weight
-        self.answer_ms += other.answer_ms * weight
-
-
-async def first_token_cpu(chain: Any, chats: int, profiler: cProfile.Profile | None) -> Measured:
-    """Average CPU per chat until its first token, and for its whole answer; chats one at a
-    time (only the part before the first token is profiled)."""
-    thread = process = answer = 0.0
-    for i in range(chats):
-        if profiler is not None:
-            profiler.enable()
-        started_thread, started_process = time.thread_time(), time.process_time()
-        counting = True
-        async for event in chain.astream(QUESTIONS[i % len(QUESTIONS)]):
-            if counting and isinstance(event, Token):
-                thread += time.thread_time() - started_thread
-                process += time.process_time() - started_process
-                counting = False
-                if profiler is not None:
-                    profiler.disable()
-        answer += time.thread_time() - started_thread
-    return Measured(thread / chats * 1000, process / chats * 1000, answer / chats * 1000)
 
 
 def sdk_httpx_chain(chain: Any, settings: Settings, base_url: str) -> tuple[Any, list[Any]]:
@@ -116,14 +83,15 @@ async def measure(target: str, chats: int, profile: bool, top: int) -> None:
             try:
                 setups = {"sdk+httpx": before, "dicts+aiohttp": chain}
                 for each in setups.values():  # warm-up: pools, segments, caches
-                    await first_token_cpu(each, 20, None)
+                    await first_token_cpu(each, QUESTIONS, 20)
                 gc.collect()
                 gc.freeze()  # as the chat server does once started: no gen-2 walks in figures
                 measured = {name: Measured() for name in setups}
                 per_turn = max(1, chats // TURNS)
                 for _ in range(TURNS):
                     for name, each in setups.items():
-                        measured[name].add(await first_token_cpu(each, per_turn, None), 1 / TURNS)
+                        turn = await first_token_cpu(each, QUESTIONS, per_turn)
+                        measured[name].add(turn, 1 / TURNS)
                 report(measured, per_turn * TURNS, target)
                 if profile:
                     await print_profile(chain, chats, top)
@@ -151,7 +119,7 @@ async def print_profile(chain: Any, chats: int, top: int) -> None:
     # CPU time of this thread, not wall time: on a shared machine a wall-clock profile
     # charges other processes' turns to whatever call was running.
     profiler = cProfile.Profile(time.thread_time)
-    await first_token_cpu(chain, chats, profiler)
+    await first_token_cpu(chain, QUESTIONS, chats, profiler)
     for order in ("cumulative", "tottime"):
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)

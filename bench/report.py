@@ -6,13 +6,15 @@ bench/results/ with the command that produced it, and a chart beside it.
 Probes: event-loop lag (a ticker task: if anything blocks the loop, the ticker
 wakes late by that much) and CPU seconds per process of this process tree (the
 client, the fake embedding server and Milvus Lite share the same cores, so a
-stage measured alone may be CPU-bound rather than latency-bound).
+stage measured alone may be CPU-bound rather than latency-bound), and the CPU
+one chat costs this process (``first_token_cpu``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import time
@@ -23,6 +25,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from rag.chain import Token
 
 # Re-exported: the app applies it whenever it opens a Milvus Lite file; the benchmark
 # parts also build clients themselves, so they apply it at start.
@@ -185,3 +189,43 @@ def load_json(module: str) -> Any:
     """A part's saved figures, or None when that part has not run into RESULTS."""
     path = RESULTS / f"{module}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+@dataclass
+class Measured:
+    thread_ms: float = 0.0  # event-loop thread, per chat, until the first token
+    process_ms: float = 0.0  # every thread of this process, per chat, until the first token
+    answer_ms: float = 0.0  # event-loop thread, per chat, the whole streamed answer
+
+    def add(self, other: Measured, weight: float) -> None:
+        self.thread_ms += other.thread_ms * weight
+        self.process_ms += other.process_ms * weight
+        self.answer_ms += other.answer_ms * weight
+
+
+async def first_token_cpu(
+    chain: Any,
+    questions: list[str],
+    chats: int,
+    profiler: cProfile.Profile | None = None,
+) -> Measured:
+    """Average CPU of this process per chat until its first token, and for its whole answer;
+    chats one at a time, so only this process' own work is counted (only the part before
+    the first token is profiled). One GIL runs it for every chat, so N chats arriving
+    together need about N times the loop thread's figure before the last one's first token:
+    a floor under time to first token at load (``bench.serving``, ``bench.chat_cpu``)."""
+    thread = process = answer = 0.0
+    for i in range(chats):
+        if profiler is not None:
+            profiler.enable()
+        started_thread, started_process = time.thread_time(), time.process_time()
+        counting = True
+        async for event in chain.astream(questions[i % len(questions)]):
+            if counting and isinstance(event, Token):
+                thread += time.thread_time() - started_thread
+                process += time.process_time() - started_process
+                counting = False
+                if profiler is not None:
+                    profiler.disable()
+        answer += time.thread_time() - started_thread
+    return Measured(thread / chats * 1000, process / chats * 1000, answer / chats * 1000)

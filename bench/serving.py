@@ -50,6 +50,8 @@ from bench.report import (
     RESULTS,
     CpuMeter,
     LoopLag,
+    Measured,
+    first_token_cpu,
     markdown_table,
     percentile,
     publish,
@@ -166,21 +168,6 @@ class SlowCallbacks(logging.Handler):
         return f"{len(self.seen)}, longest {worst[0] * 1000:.0f} ms: `{worst[1]}`"
 
 
-async def cpu_until_first_token(chain: Any, chats: int = 10) -> float:
-    """CPU seconds of this process per chat from question to first token, chats one at a
-    time. Python runs one thread at a time (the GIL), so N chats arriving together need
-    at least N times this before the last of them sees its first token: a floor on TTFT
-    that no amount of async removes, only less work per chat or more processes."""
-    used = 0.0
-    for i in range(chats):
-        started: float | None = time.process_time()  # every thread of this process
-        async for event in chain.astream(QUESTIONS[i % len(QUESTIONS)]):
-            if isinstance(event, Token) and started is not None:
-                used += time.process_time() - started
-                started = None  # the rest of the stream is not counted
-    return used / chats
-
-
 def chat_settings(mode: str, uri: str, base_url: str) -> Settings:
     overrides: dict[str, object] = {
         "milvus_uri": uri,
@@ -287,7 +274,7 @@ async def run_mode(
     diagnose: bool = False,
     freeze: bool = False,
     processes: int = 1,
-) -> tuple[list[Level], float]:
+) -> tuple[list[Level], Measured]:
     label = f"{mode}@{target}" + ("+gcfreeze" if freeze else "")
     label += f"×{processes}" if processes > 1 else ""
     out: list[Level] = []
@@ -299,10 +286,12 @@ async def run_mode(
         base_url = stack.enter_context(chat_server(mode, token_delay))
         uri = stack.enter_context(milvus_target(target))
         if uri is None:
-            return [], 0.0
+            return [], Measured()
         settings = chat_settings(mode, uri, base_url)
         chain = await ready_chain(settings, base_url, freeze, True, stack)
-        cpu_per_chat = await cpu_until_first_token(chain, 5 if rounds[min(rounds)] < 30 else 10)
+        chats = 5 if rounds[min(rounds)] < 30 else 20
+        await first_token_cpu(chain, QUESTIONS, chats)  # one after another, as bench.chat_cpu
+        cpu_per_chat = await first_token_cpu(chain, QUESTIONS, chats)
         for level in levels:
             meter = CpuMeter()
             if processes > 1 and level >= processes:
@@ -374,7 +363,7 @@ def main() -> None:
     rounds = {level: max(2 if args.quick else 3, (20 if args.quick else 40) // level)
               for level in levels}  # fmt: skip
     measured: list[Level] = []
-    cpu: dict[str, float] = {}
+    cpu: dict[str, Measured] = {}
     slow: dict[str, SlowCallbacks] = {}
     for spec in modes.split(","):
         replicas = re.fullmatch(r"(.*?)(?:[×x](\d+))?", spec)
@@ -430,17 +419,21 @@ def main() -> None:
     top = levels[-1]
     notes += [
         "",
-        f"CPU of this process per chat, question to first token (chats one at a time), and "
-        f"what {top} chats arriving together need (the GIL runs them one at a time), beside "
-        "the measured p95 TTFT increase over a single chat. Questions that arrive together "
-        "are embedded as one batch (one ONNX run, or one request to an endpoint) and searched "
-        "as one Milvus request per filter, so those chats share that part of the CPU "
-        "(`python -m bench.chat_cpu --profile` shows where the rest goes):",
+        f"CPU of this process per chat, question to first token (chats one at a time, "
+        "`bench.report.first_token_cpu`, as `bench.chat_cpu` measures it): on the event-loop "
+        "thread, which one GIL runs for every chat, and in the whole process (also gRPC's "
+        f"threads, and Milvus Lite's engine when it runs in this process); what {top} chats "
+        "arriving together need of the loop thread, beside the measured p95 TTFT increase "
+        "over a single chat. Questions that arrive together are embedded as one batch (one "
+        "ONNX run, or one request to an endpoint) and searched as one Milvus request per "
+        "filter, so those chats share that part of the CPU (`python -m bench.chat_cpu "
+        "--profile` shows where the rest goes):",
         "",
         *markdown_table(
-            ["embeddings@milvus", "CPU ms per chat", f"{top} × CPU per chat ms",
-             f"measured p95 increase at {top} ms"],
-            [[spec, f"{cpu[spec] * 1000:.1f}", f"{cpu[spec] * top * 1000:.0f}",
+            ["embeddings@milvus", "CPU ms per chat: loop thread / process",
+             f"{top} × loop thread ms", f"measured p95 increase at {top} ms"],
+            [[spec, f"{cpu[spec].thread_ms:.1f} / {cpu[spec].process_ms:.1f}",
+              f"{cpu[spec].thread_ms * top:.0f}",
               f"{(by_spec[spec, top] - base[spec]) * 1000:.0f}"]
              for spec in cpu if (spec, top) in by_spec],
         ),
@@ -454,7 +447,8 @@ def main() -> None:
         {"mode": level.mode, "chats": level.chats, "p50": level.p50, "p95": level.p95,
          "vs_single": level.p95 / base[level.mode], "answers_per_s": level.rate,
          "loop_lag_max_ms": level.lag.max_ms, "goal": GOAL,
-         "cpu_ms_per_chat": cpu.get(level.mode, 0.0) * 1000}
+         "cpu_ms_per_chat": cpu[level.mode].thread_ms if level.mode in cpu else 0.0,
+         "cpu_ms_per_chat_process": cpu[level.mode].process_ms if level.mode in cpu else 0.0}
         for level in measured
     ])  # fmt: skip
     publish("serving", "Concurrent chats: time to first token (ms)",
