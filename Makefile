@@ -91,8 +91,8 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Three workers on two cores: most tests wait on servers and processes, not the CPU (897
-# tests in 6 min 48 s with 3 workers; on a slower machine 8 min 49 s with 3, 9 min 31 s with
+# Three workers on two cores: most tests wait on servers and processes, not the CPU (901
+# tests in 6 min 59 s with 3 workers; on a slower machine 8 min 49 s with 3, 9 min 31 s with
 # 2, and 16 min in one process before this was done). A test file stays on one worker
 # (--dist loadfile), so its module-scoped servers start once.
 PYTEST_WORKERS ?= 3
