@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from rag.chain import (
 )
 from rag.config import Settings, load_settings
 from rag.errors import ConfigError, ModelUnavailable
+from rag.local.server import free_port
 from rag.prompts import PROMPTS_DIR, load_prompts
 from rag.retrieval import Hit, SearchOptions, retrieve
 from rag.services import Services, open_services
@@ -155,13 +155,6 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return str(content or "")
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def squash(text: str) -> str:
@@ -558,7 +551,7 @@ async def test_stream_dropped_before_any_token_is_not_an_interruption(
 async def test_unreachable_model_is_reported_in_one_line(
     services: Services, fake_llm: FakeServer
 ) -> None:
-    where = f"http://127.0.0.1:{closed_port()}/v1"
+    where = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ModelUnavailable) as caught:
         await make_chain(services, where).ainvoke(QUESTION)
     message = str(caught.value)

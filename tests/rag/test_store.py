@@ -3,7 +3,6 @@ reads, on Milvus Lite files made for each test (no embedding model is loaded).""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pymilvus import MilvusClient, MilvusException
 
 from rag.config import Settings
 from rag.errors import CollectionNotFound, EmbeddingMismatch, StoreUnavailable, explain
+from rag.local.server import free_port
 from rag.store.milvus import (
     CollectionIdentity,
     connect,
@@ -130,14 +130,8 @@ def test_list_then_drop_collections(db: str, client: MilvusClient) -> None:
         drop_collection(settings, "docs")
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _unreachable(**overrides: object) -> Settings:
-    uri = str(overrides.pop("milvus_uri", f"http://127.0.0.1:{_closed_port()}"))
+    uri = str(overrides.pop("milvus_uri", f"http://127.0.0.1:{free_port()}"))
     return make_settings(uri, "docs", milvus_timeout=1.0, **overrides)
 
 
@@ -152,7 +146,7 @@ def test_an_unreachable_server_is_named_with_its_token_masked() -> None:
 
 
 def test_a_password_in_the_uri_is_masked() -> None:
-    port = _closed_port()
+    port = free_port()
     settings = _unreachable(milvus_uri=f"http://user:hunter2@127.0.0.1:{port}")
     with pytest.raises(StoreUnavailable) as failed:
         list_collections(settings)
