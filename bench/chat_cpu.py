@@ -43,14 +43,15 @@ from bench.serving import QUESTIONS, ROOT, chat_settings
 from ingest.pipeline import ingest_path
 from rag.app import build_chain
 from rag.config import Settings
-from rag.embeddings import build_embeddings
+from rag.embeddings import build_embeddings, close_embeddings
+from rag.llm import close_chat_model
 from rag.services import open_services
 from rag.store.lite import tolerate_lite_keepalive
 
 
-def sdk_httpx_chain(chain: Any, settings: Settings, base_url: str) -> tuple[Any, list[Any]]:
+def sdk_httpx_chain(chain: Any, settings: Settings, base_url: str) -> Any:
     """The same chain on langchain-openai's defaults: the SDK's typed chat client, httpx for
-    chat and embeddings. Returns it and the HTTP clients to close."""
+    chat and embeddings (`close_sdk_httpx_chain` closes its clients)."""
     llm = ChatOpenAI(
         http_async_client=openai.DefaultAsyncHttpxClient(), model="fake", base_url=base_url,
         api_key="x", streaming=True, max_retries=2, timeout=settings.llm_timeout,
@@ -65,7 +66,12 @@ def sdk_httpx_chain(chain: Any, settings: Settings, base_url: str) -> tuple[Any,
     store.embedding_func = embeddings
     other = copy.copy(chain)
     other.store, other.llm = store, llm
-    return other, [llm.http_async_client, embeddings.http_async_client, embeddings.http_client]
+    return other
+
+
+async def close_sdk_httpx_chain(chain: Any) -> None:
+    await close_chat_model(chain.llm)
+    await close_embeddings(chain.store.embedding_func)
 
 
 TURNS = 5  # each setup measured in this many turns, alternating
@@ -79,7 +85,7 @@ async def measure(target: str, chats: int, profile: bool, top: int) -> None:
             await ingest_path(ROOT / "sample_docs", services.store, settings)
             assistant = build_chain(services, base_url, "fake")
             chain = assistant.chain
-            before, clients = sdk_httpx_chain(chain, settings, base_url)
+            before = sdk_httpx_chain(chain, settings, base_url)
             try:
                 setups = {"sdk+httpx": before, "dicts+aiohttp": chain}
                 for each in setups.values():  # warm-up: pools, segments, caches
@@ -96,10 +102,7 @@ async def measure(target: str, chats: int, profile: bool, top: int) -> None:
                 if profile:
                     await print_profile(chain, chats, top)
             finally:
-                for client in clients:
-                    result = client.aclose() if hasattr(client, "aclose") else client.close()
-                    if result is not None:
-                        await result
+                await close_sdk_httpx_chain(before)
                 await assistant.aclose()
 
 

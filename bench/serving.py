@@ -447,8 +447,8 @@ def main() -> None:
         {"mode": level.mode, "chats": level.chats, "p50": level.p50, "p95": level.p95,
          "vs_single": level.p95 / base[level.mode], "answers_per_s": level.rate,
          "loop_lag_max_ms": level.lag.max_ms, "goal": GOAL,
-         "cpu_ms_per_chat": cpu[level.mode].thread_ms if level.mode in cpu else 0.0,
-         "cpu_ms_per_chat_process": cpu[level.mode].process_ms if level.mode in cpu else 0.0}
+         "cpu_ms_per_chat": cpu.get(level.mode, Measured()).thread_ms,
+         "cpu_ms_per_chat_process": cpu.get(level.mode, Measured()).process_ms}
         for level in measured
     ])  # fmt: skip
     publish("serving", "Concurrent chats: time to first token (ms)",
