@@ -243,6 +243,7 @@ async def _server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.close()
+        await server.wait_closed()
 
 
 async def test_over_aiohttp_a_refused_connection_is_not_reachable_not_a_timeout() -> None:
